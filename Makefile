@@ -1,0 +1,33 @@
+# Everything bootstraps .venv with python3 -m venv + pip; nothing else is needed on the machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint lock-check clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,lint]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check target_cbx1 tests examples
+	$(BIN)/ruff format --check target_cbx1 tests examples
+	$(BIN)/mypy
+
+# poetry.lock must match pyproject.toml (uses the shared Poetry wrapper when present, else poetry on PATH).
+lock-check:
+	@if [ -x ../shared/tools/poetry ]; then ../shared/tools/poetry check --lock; else poetry check --lock; fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

@@ -1,0 +1,263 @@
+"""The HTTP side: Cbx1Client (one session, headers, token, retries) and ApiSink, the base of both sinks."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import logging
+import os
+import time
+import typing as t
+from dataclasses import dataclass
+from urllib.parse import quote, urljoin
+
+import requests
+from pydantic import BaseModel, ValidationError
+from singer_sdk.exceptions import InvalidRecord
+from singer_sdk.singerlib.json import serialize_json
+from singer_sdk.sinks import Sink
+
+from target_cbx1.auth import TOKEN_PATH, SessionTokenAuth, TokenListener
+from target_cbx1.errors import CredentialsError, RequestFailedError, TransientError
+from target_cbx1.records import (
+    PayloadOptions,
+    RecordRejectedError,
+    build_payload,
+    external_id_of,
+    record_hash,
+)
+from target_cbx1.redaction import mask
+from target_cbx1.responses import read_envelope_data, server_message
+from target_cbx1.retries import Action, RetryPolicy, action_for, parse_retry_after
+
+if t.TYPE_CHECKING:
+    from target_cbx1.ledger import Entry
+    from target_cbx1.settings import Settings
+    from target_cbx1.target import TargetCBX1
+
+logger = logging.getLogger("target-cbx1.client")
+DataModel = t.TypeVar("DataModel", bound=BaseModel)
+
+
+class Cbx1Client:
+    """One HTTP session for the whole run: base URL, headers, session token and retries."""
+
+    def __init__(self, settings: Settings, on_new_token: TokenListener | None = None) -> None:
+        self.base_url = settings.api_url.rstrip("/") + "/"
+        self.timeout = settings.timeout
+        self.session = requests.Session()
+        self.session.headers.update(
+            {
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": settings.user_agent,
+                "x-organisation-id": settings.org_id,
+                **{header.name: header.value for header in settings.custom_headers},
+            }
+        )
+        self.policy = RetryPolicy(
+            max_retries=settings.max_retries,
+            base_seconds=settings.backoff_base_seconds,
+            max_seconds=settings.backoff_max_seconds,
+            retry_after_max_seconds=settings.retry_after_max_seconds,
+        )
+        self.auth = SessionTokenAuth(
+            self.session,
+            self.url(TOKEN_PATH),
+            access_key=settings.access_key.get_secret_value(),
+            org_id=settings.org_id,
+            timeout=settings.timeout,
+            token=settings.access_token.get_secret_value() if settings.access_token else None,
+            expires_at=settings.expires_in,
+            on_new_token=on_new_token,
+        )
+
+    def url(self, path: str) -> str:
+        return urljoin(self.base_url, path)
+
+    def post(self, path: str, body: bytes) -> t.Any:
+        """POST a JSON body and return the answer's `data`.
+
+        Raises RequestFailedError (the request's records fail, the run goes on) or
+        CredentialsError (the run stops).
+        """
+        delays = self.policy.delays()
+        token_refreshed = False
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                token = self.auth.token()
+                response = self.session.post(
+                    self.url(path),
+                    data=body,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=self.timeout,
+                )
+                action = action_for(response.status_code)
+                if action is Action.REFRESH_TOKEN and not token_refreshed:
+                    logger.info("CBX1 answered 401 to %s; fetching a new session token", path)
+                    self.auth.refresh_after_rejection(token)
+                    token_refreshed = True
+                    continue
+                return self._answer(response, action)
+            except requests.RequestException as exc:
+                error = TransientError(describe_network_error(exc, self.timeout))
+            except TransientError as exc:
+                error = exc
+            backoff = next(delays, None)
+            if backoff is None:
+                raise RequestFailedError(f"{error} (gave up after {attempts} attempts)") from None
+            wait = self.policy.wait_for(backoff, error.retry_after)
+            if wait is None:
+                raise RequestFailedError(
+                    f"{error}; the server asked to retry after {error.retry_after:.0f} s, longer "
+                    f"than retry_after_max_seconds ({self.policy.retry_after_max_seconds:.0f} s)"
+                ) from None
+            logger.warning("%s failed (%s); retry %d in %.1f s", path, error, attempts, wait)
+            time.sleep(wait)
+
+    @staticmethod
+    def _answer(response: requests.Response, action: Action) -> t.Any:
+        status = response.status_code
+        if action is Action.ACCEPT:
+            return read_envelope_data(response)
+        message = server_message(response)
+        if action is Action.RETRY:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise TransientError(f"HTTP {status}: {message}", retry_after=retry_after)
+        if action is Action.REFRESH_TOKEN:
+            raise CredentialsError(
+                f"CBX1 rejected a freshly issued session token (HTTP 401: {message}). "
+                "Check that access_key and org_id belong to the same organisation."
+            )
+        if action is Action.DENY:
+            raise CredentialsError(
+                f"CBX1 refused the request (HTTP 403: {message}). The access key lacks permission "
+                "for this organisation or endpoint; ask a CBX1 admin to grant it."
+            )
+        raise RequestFailedError(f"CBX1 rejected the request (HTTP {status}: {message})")
+
+
+def describe_network_error(exc: requests.RequestException, timeout: float) -> str:
+    """A short, secret-free account of a failure below HTTP."""
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within the {timeout:g} s timeout"
+    if isinstance(exc, requests.ConnectionError):
+        return f"connection failed: {mask(str(exc))}"
+    return f"request failed: {mask(str(exc))}"
+
+
+def batch_id(stream: str, index: int) -> str:
+    """HotGlue's hgBatchId: md5 hex of JOB_ROOT:stream:index."""
+    job_root = os.environ.get("JOB_ROOT", "job_Example")
+    return hashlib.md5(f"{job_root}:{stream}:{index}".encode()).hexdigest()
+
+
+@dataclass
+class Pending:
+    """A prepared record waiting for its request."""
+
+    entry: Entry
+    key: str
+    payload: dict[str, t.Any]
+
+
+class ApiSink(Sink):
+    """Base of BatchSink and RecordSink: accepts records into the ledger and sends payloads."""
+
+    endpoint: t.ClassVar[str]
+
+    def __init__(
+        self,
+        target: TargetCBX1,
+        stream_name: str,
+        schema: dict,
+        key_properties: t.Sequence[str] | None,
+    ) -> None:
+        super().__init__(target, stream_name, schema, key_properties)
+        self.cbx1 = target
+        self.client = target.client
+        self.path = f"api/t/v1/targets/{quote(stream_name, safe='')}/{self.endpoint}"
+        self.lookup = target.lookup_rule(stream_name, self.key_properties)
+        self.options = PayloadOptions(target.settings.add_stream_key, target.settings.metadata)
+        self.output_mapped_record = os.environ.get("OUTPUT_MAPPED_RECORD", "").lower() == "true"
+        target.ledger.open_stream(stream_name)
+
+    def process_record(self, record: dict, context: dict) -> None:
+        """A record given directly is accepted as received."""
+        self.accept(record, record)
+
+    def accept(self, received: dict, record: dict) -> None:
+        """Give the record its state entry, then queue or send it, or fail it with the reason."""
+        self._singer_validate_message(record)
+        self.tally_record_read()
+        self.record_counter_metric.increment()
+        entry = self.cbx1.ledger.add(self.stream_name, record_hash(received), external_id_of(record))
+        if entry.original is not None:
+            return
+        if self.lookup is None:
+            entry.fail(self.cbx1.missing_lookup_message(self.stream_name))
+            return
+        try:
+            if self._validator is not None:
+                self._validator.validate(record)
+            key, payload = build_payload(record, self.stream_name, self.lookup, self.options)
+        except InvalidRecord as exc:
+            entry.fail(f"record does not match the schema of stream {self.stream_name!r}: {exc}")
+            return
+        except RecordRejectedError as exc:
+            entry.lookup_key = exc.lookup_key
+            entry.fail(str(exc))
+            return
+        entry.lookup_key = key
+        self.enqueue(Pending(entry, key, payload))
+
+    @abc.abstractmethod
+    def enqueue(self, pending: Pending) -> None:
+        """Send the record now, or keep it for the next request."""
+
+    @abc.abstractmethod
+    def request_body(self, batch: list[Pending]) -> t.Any:
+        """The JSON body of one request for these records."""
+
+    def send(self, batch: list[Pending]) -> t.Any:
+        """POST one request for these records (batch ids and mapped records stamped first)."""
+        chunk_batch_id = self.cbx1.next_batch_id(self.stream_name)
+        for pending in batch:
+            if chunk_batch_id is not None:
+                pending.payload["hgBatchId"] = chunk_batch_id
+                pending.entry.batch_id = chunk_batch_id
+            if self.output_mapped_record:
+                pending.entry.mapped_record = pending.payload
+        return self.client.post(self.path, serialize_json(self.request_body(batch)).encode())
+
+    def exchange(self, batch: list[Pending], model: type[DataModel]) -> DataModel | None:
+        """Send the batch and read the answer's data as `model`; on failure every record fails."""
+        started = time.monotonic()
+        try:
+            data = self.send(batch)
+            return model.model_validate(data if data is not None else {})
+        except ValidationError:
+            error = f"CBX1 answered {self.path} without a readable data object"
+        except RequestFailedError as exc:
+            error = str(exc)
+        for pending in batch:
+            pending.entry.fail(error)
+        self.log_request(len(batch), started, len(batch), error)
+        return None
+
+    def log_request(self, count: int, started: float, failed: int, error: str | None = None) -> None:
+        """One INFO line per request (ERROR with the reason when the whole request failed)."""
+        took = time.monotonic() - started
+        if error is not None:
+            self.logger.error("%s: %d records failed in %.3f s: %s", self.path, count, took, error)
+            return
+        self.logger.info(
+            "%s: %d records in %.3f s: %d succeeded, %d failed",
+            self.path,
+            count,
+            took,
+            count - failed,
+            failed,
+        )

@@ -1,0 +1,61 @@
+"""Pydantic models of the CBX1 responses the target reads (extra fields are ignored)."""
+
+from __future__ import annotations
+
+import typing as t
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SUCCESS_CODE = "CM000"
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+
+class Status(_Lenient):
+    """The envelope's status: code CM000 means success."""
+
+    code: str
+    message: str = ""
+
+
+class Envelope(_Lenient):
+    """Every CBX1 answer: {"status": {...}, "data": ...}."""
+
+    status: Status
+    data: t.Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status.code == SUCCESS_CODE
+
+
+class SessionToken(_Lenient):
+    """`data` of the auth endpoint."""
+
+    session_token: str = Field(alias="sessionToken", min_length=1)
+    max_age: float = Field(alias="maxAge", gt=0)
+
+
+class BulkResult(_Lenient):
+    """One record's outcome in a /bulk answer."""
+
+    success: bool
+    id: str | None = None
+    lookup_key: str | None = Field(default=None, alias="lookupKey")
+    error: str | None = None
+    updated: bool = False
+
+
+class BulkData(_Lenient):
+    """`data` of a /bulk answer."""
+
+    results: list[BulkResult] = []
+
+
+class UpsertData(_Lenient):
+    """`data` of an /upsert answer."""
+
+    id: str | None = None
+    updated: bool = False

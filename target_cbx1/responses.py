@@ -1,0 +1,63 @@
+"""Reading CBX1 answers: the envelope, and a short server message for errors (HTML and empty bodies too)."""
+
+from __future__ import annotations
+
+import json
+import re
+import typing as t
+
+import requests
+from pydantic import ValidationError
+
+from target_cbx1.errors import RequestFailedError
+from target_cbx1.models import Envelope
+from target_cbx1.redaction import mask
+
+QUOTE_LENGTH = 200
+_TAG = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+
+
+def body_start(response: requests.Response) -> str:
+    """The first characters of a body as readable text (tags dropped, secrets masked)."""
+    text = response.text or ""
+    if "<" in text and ">" in text:
+        text = _TAG.sub(" ", text)
+    text = _SPACE.sub(" ", text).strip()
+    if not text:
+        return "(empty body)"
+    quoted = text[:QUOTE_LENGTH] + ("..." if len(text) > QUOTE_LENGTH else "")
+    return mask(quoted)
+
+
+def server_message(response: requests.Response) -> str:
+    """The server's own words: status.message / message / error of a JSON body, else its start."""
+    try:
+        body = response.json()
+    except (ValueError, json.JSONDecodeError):
+        return body_start(response)
+    if isinstance(body, dict):
+        status = body.get("status")
+        candidates = [status.get("message") if isinstance(status, dict) else None]
+        candidates += [body.get("message"), body.get("error"), body.get("detail")]
+        for candidate in candidates:
+            if isinstance(candidate, str) and candidate.strip():
+                return mask(candidate.strip())
+    return body_start(response)
+
+
+def read_envelope_data(response: requests.Response) -> t.Any:
+    """`data` of a 2xx answer; its records fail when the body is not a CM000 envelope."""
+    try:
+        envelope = Envelope.model_validate_json(response.content)
+    except ValidationError:
+        raise RequestFailedError(
+            f"CBX1 answered HTTP {response.status_code} with a body that is not the documented "
+            f"JSON envelope: {body_start(response)!r}"
+        ) from None
+    if not envelope.ok:
+        raise RequestFailedError(
+            f"CBX1 refused the request: status {envelope.status.code}: "
+            f"{mask(envelope.status.message) or '(no message)'}"
+        )
+    return envelope.data

@@ -1,0 +1,258 @@
+"""Settings: the config schema `--about` shows, and the validated settings the target runs on."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import typing as t
+from importlib.metadata import PackageNotFoundError, version
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from singer_sdk import typing as th
+from singer_sdk.exceptions import ConfigValidationError
+
+try:
+    __version__ = version("target-cbx1")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+# HotGlue writes these keys into the job's config; each is accepted beside our own name.
+HOTGLUE_ALIASES = {"access_key": "Code", "org_id": "OrgId", "access_token": "AccessToken"}
+
+CONFIG_SCHEMA: dict[str, t.Any] = th.PropertiesList(
+    th.Property(
+        "api_url",
+        th.StringType,
+        description=(
+            "CBX1 base URL, e.g. https://api.cbx1.com. When absent, the environment "
+            "variable BASE_URL is used (HotGlue sets it). Must be https:// except for "
+            "loopback hosts (127.0.0.1, localhost)."
+        ),
+    ),
+    th.Property(
+        "access_key",
+        th.StringType,
+        secret=True,
+        description="CBX1 access key, exchanged for a session token. HotGlue's key `Code` is accepted.",
+    ),
+    th.Property(
+        "org_id",
+        th.StringType,
+        description=(
+            "CBX1 organisation id, sent as the x-organisation-id header. HotGlue's key `OrgId` is accepted."
+        ),
+    ),
+    th.Property(
+        "access_token",
+        th.StringType,
+        secret=True,
+        description=(
+            "Optional cached session token (HotGlue's key `AccessToken` is accepted). "
+            "A refreshed token is written back into the config file."
+        ),
+    ),
+    th.Property(
+        "expires_in",
+        th.NumberType,
+        description="Expiry of access_token as an absolute epoch second (HotGlue's convention).",
+    ),
+    th.Property(
+        "process_as_batch",
+        th.BooleanType,
+        default=True,
+        description="true: chunks POSTed to /bulk (BatchSink); false: one /upsert per record (RecordSink).",
+    ),
+    th.Property(
+        "batch_size",
+        th.IntegerType,
+        default=20,
+        description="Records per /bulk request.",
+    ),
+    th.Property(
+        "add_stream_key",
+        th.BooleanType,
+        default=False,
+        description='Add "stream": <stream name> to every payload.',
+    ),
+    th.Property(
+        "metadata",
+        th.CustomType({"type": ["object", "string", "null"]}),
+        description="An object (or a JSON string of one) merged into every payload's `metadata` object.",
+    ),
+    th.Property(
+        "inject_batch_ids",
+        th.BooleanType,
+        default=False,
+        description=(
+            "Add hgBatchId (md5 of JOB_ROOT:stream:chunk index) to every payload and "
+            "to its record's state entry."
+        ),
+    ),
+    th.Property(
+        "custom_headers",
+        th.ArrayType(
+            th.ObjectType(
+                th.Property("name", th.StringType, required=True),
+                th.Property("value", th.StringType, required=True),
+            )
+        ),
+        default=[],
+        description="Extra HTTP headers for every request, as a list of {name, value} objects.",
+    ),
+    th.Property(
+        "user_agent",
+        th.StringType,
+        default=f"target-cbx1/{__version__}",
+        description="User-Agent header of every request.",
+    ),
+    th.Property(
+        "lookup_fields",
+        th.ObjectType(additional_properties=th.StringType),
+        default={},
+        description=(
+            'Lookup field per stream, e.g. {"leads": "email"}. Default: domain for '
+            "account/company streams, email for contact/lead/person streams, else the "
+            "stream's single key property."
+        ),
+    ),
+    th.Property(
+        "max_retries",
+        th.IntegerType,
+        default=5,
+        description="Retries of a request after its first attempt, for 408, 429, 5xx and network errors.",
+    ),
+    th.Property(
+        "backoff_base_seconds",
+        th.NumberType,
+        default=1,
+        description="First retry delay; each retry doubles it (with jitter).",
+    ),
+    th.Property(
+        "backoff_max_seconds",
+        th.NumberType,
+        default=60,
+        description="Longest delay between two retries, unless the server's Retry-After asks for more.",
+    ),
+    th.Property(
+        "retry_after_max_seconds",
+        th.NumberType,
+        default=300,
+        description="A Retry-After longer than this is treated as a failed request, not waited for.",
+    ),
+    th.Property(
+        "timeout",
+        th.NumberType,
+        default=60,
+        description="Seconds to wait for each HTTP response.",
+    ),
+).to_dict()
+
+
+class CustomHeader(BaseModel):
+    """One extra request header."""
+
+    name: str
+    value: str
+
+
+class Settings(BaseModel):
+    """The validated settings of one run; defaults come from CONFIG_SCHEMA."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    api_url: str
+    access_key: SecretStr
+    org_id: str
+    access_token: SecretStr | None
+    expires_in: float | None
+    process_as_batch: bool
+    batch_size: int = Field(ge=1)
+    add_stream_key: bool
+    metadata: dict[str, t.Any] | None
+    inject_batch_ids: bool
+    custom_headers: list[CustomHeader]
+    user_agent: str
+    lookup_fields: dict[str, str]
+    max_retries: int = Field(ge=0)
+    backoff_base_seconds: float = Field(ge=0)
+    backoff_max_seconds: float = Field(ge=0)
+    retry_after_max_seconds: float = Field(ge=0)
+    timeout: float = Field(gt=0)
+
+    @field_validator("org_id", mode="before")
+    @classmethod
+    def _org_id_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata_from_json_text(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"is not valid JSON ({exc.msg})") from None
+        return value
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url_is_safe(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError(
+                f"{value!r} uses plain http://; use https:// "
+                "(http is accepted only for 127.0.0.1 / localhost)"
+            )
+        return value.strip()
+
+    @classmethod
+    def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:
+        """Resolve HotGlue aliases, BASE_URL and schema defaults, then validate."""
+        values = {
+            name: spec["default"] for name, spec in CONFIG_SCHEMA["properties"].items() if "default" in spec
+        }
+        values.update({k: v for k, v in config.items() if v is not None})
+        for ours, hotglue in HOTGLUE_ALIASES.items():
+            if values.get(ours) in (None, "") and config.get(hotglue) not in (None, ""):
+                values[ours] = config[hotglue]
+        if not values.get("api_url") and os.environ.get("BASE_URL"):
+            values["api_url"] = os.environ["BASE_URL"]
+        values.setdefault("access_token", None)
+        values.setdefault("expires_in", None)
+        values.setdefault("metadata", None)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            errors = [_describe(error) for error in exc.errors()]
+            raise ConfigValidationError(
+                "Invalid target-cbx1 config: " + "; ".join(errors), errors=errors
+            ) from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _describe(error: t.Any) -> str:
+    """One readable line per validation error; never echoes the offending (maybe secret) value."""
+    field = ".".join(str(part) for part in error["loc"]) or "config"
+    if error["type"] == "missing":
+        hint = {
+            "api_url": " (or set the BASE_URL environment variable)",
+            "access_key": " (HotGlue: Code)",
+            "org_id": " (HotGlue: OrgId)",
+        }.get(field, "")
+        return f"{field} is required{hint}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{field}: {message}"

@@ -1,0 +1,196 @@
+"""TargetCBX1: settings, sink routing, record intake and the HotGlue state line."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import tempfile
+import typing as t
+from pathlib import Path
+
+import click
+from singer_sdk.helpers.capabilities import TARGET_VALIDATE_RECORDS_CONFIG
+from singer_sdk.target_base import Target
+
+from target_cbx1.client import Cbx1Client, batch_id
+from target_cbx1.ledger import StateLedger
+from target_cbx1.records import LookupRule, lookup_rule_for
+from target_cbx1.redaction import install_log_masking
+from target_cbx1.settings import CONFIG_SCHEMA, Settings
+from target_cbx1.sinks import BatchSink, RecordSink
+
+if t.TYPE_CHECKING:
+    from singer_sdk.plugin_base import _ConfigInput
+    from singer_sdk.sinks import Sink
+
+CONFIG_PATHS = "target_cbx1.config_paths"
+
+
+class TargetCBX1(Target):
+    """Singer target that upserts CRM accounts and contacts into CBX1."""
+
+    name = "target-cbx1"
+    config_jsonschema = CONFIG_SCHEMA
+    default_sink_class = BatchSink
+
+    def __init__(
+        self,
+        *,
+        config: dict | None = None,
+        parse_env_config: bool = False,
+        validate_config: bool = True,
+        setup_mapper: bool = True,
+        message_reader: t.Any = None,
+        config_path: Path | None = None,
+    ) -> None:
+        install_log_masking()
+        super().__init__(
+            config=config,
+            parse_env_config=parse_env_config,
+            validate_config=validate_config,
+            setup_mapper=setup_mapper,
+            message_reader=message_reader,
+        )
+        self.settings = Settings.from_config(self.config)
+        self.ledger = StateLedger()
+        self._config_path = config_path
+        self.client = Cbx1Client(self.settings, on_new_token=self._write_back_token)
+        self._lookup_rules: dict[str, LookupRule | None] = {}
+        self._chunk_counts: dict[str, int] = {}
+
+    # Routing and per-stream rules
+
+    def get_sink_class(self, stream_name: str) -> type[Sink]:
+        return BatchSink if self.settings.process_as_batch else RecordSink
+
+    def lookup_rule(self, stream: str, key_properties: t.Sequence[str]) -> LookupRule | None:
+        """The stream's lookup rule, decided once; a stream without one is logged once as an error."""
+        if stream not in self._lookup_rules:
+            rule = lookup_rule_for(stream, key_properties, self.settings.lookup_fields)
+            self._lookup_rules[stream] = rule
+            if rule is None:
+                self.logger.error("%s", self.missing_lookup_message(stream))
+        return self._lookup_rules[stream]
+
+    @staticmethod
+    def missing_lookup_message(stream: str) -> str:
+        return (
+            f"stream {stream!r} has no lookup field (its name names no account/company or "
+            "contact/lead/person, and it has no single key property), so its records were "
+            f'not sent: set lookup_fields in the config, e.g. {{"{stream}": "email"}}'
+        )
+
+    def next_batch_id(self, stream: str) -> str | None:
+        """The hgBatchId of the stream's next request, when inject_batch_ids is on."""
+        if not self.settings.inject_batch_ids:
+            return None
+        self._chunk_counts[stream] = self._chunk_counts.get(stream, 0) + 1
+        return batch_id(stream, self._chunk_counts[stream])
+
+    # Message handling
+
+    def _process_record_message(self, message_dict: dict) -> None:
+        """Hand each record to its sink as received: no timestamp rewriting, bad records fail alone."""
+        self._assert_line_requires(message_dict, requires={"stream", "record"})
+        stream_name = message_dict["stream"]
+        if stream_name not in self.mapper.stream_maps:
+            self._assert_sink_exists(stream_name)
+        received = message_dict["record"]
+        for stream_map in self.mapper.stream_maps[stream_name]:
+            record = stream_map.transform(copy.copy(received))
+            if record is None:
+                continue
+            self._assert_sink_exists(stream_map.stream_alias)
+            sink = t.cast("BatchSink | RecordSink", self.get_sink(stream_map.stream_alias, record=record))
+            sink.accept(received, record)
+            if sink.is_full:
+                self.drain_one(sink)
+        self._handle_max_record_age()
+
+    def _process_schema_message(self, message_dict: dict) -> None:
+        """Send a stream's queued records before its schema changes, so upserts stay in order."""
+        stream_maps = self.mapper.stream_maps.get(message_dict.get("stream", ""), [])
+        for stream_map in stream_maps:
+            changed = stream_map.raw_schema != message_dict.get(
+                "schema"
+            ) or stream_map.raw_key_properties != message_dict.get("key_properties")
+            sink = self._sinks_active.get(stream_map.stream_alias)
+            if changed and sink is not None:
+                self.drain_one(sink)
+        super()._process_schema_message(message_dict)
+
+    def _process_state_message(self, message_dict: dict) -> None:
+        """HotGlue mode: the target's own state line is the output, so tap STATE is not forwarded."""
+        self._assert_line_requires(message_dict, requires={"value"})
+
+    def process_endofpipe(self) -> None:
+        super().process_endofpipe()
+        self.write_state()
+
+    def write_state(self) -> None:
+        """Print the HotGlue state line (the last line of stdout)."""
+        self.ledger.write(sys.stdout)
+        sys.stdout.flush()
+
+    # Config
+
+    def _write_back_token(self, token: str, expires_at: float) -> None:
+        """Store a new session token in the config file it came from, as HotGlue expects."""
+        if self._config_path is None:
+            return
+        try:
+            config = json.loads(self._config_path.read_text())
+            hotglue_style = "AccessToken" in config or "Code" in config
+            config["AccessToken" if hotglue_style else "access_token"] = token
+            config["expires_in"] = int(expires_at)
+            with tempfile.NamedTemporaryFile(
+                "w", dir=self._config_path.parent, delete=False, suffix=".tmp"
+            ) as temp:
+                json.dump(config, temp, indent=2)
+            os.replace(temp.name, self._config_path)
+        except (OSError, ValueError) as exc:
+            self.logger.warning(
+                "Could not save the new session token into %s (%s); the next run will fetch another",
+                self._config_path,
+                type(exc).__name__,
+            )
+
+    @classmethod
+    def append_builtin_config(cls, config_jsonschema: dict) -> None:
+        """Offer only the built-in settings this target honours (validate_records, stream maps)."""
+        for name, spec in TARGET_VALIDATE_RECORDS_CONFIG["properties"].items():
+            config_jsonschema["properties"].setdefault(name, spec)
+        super(Target, cls).append_builtin_config(config_jsonschema)
+
+    @classmethod
+    def cb_config(cls, ctx: click.Context, param: click.Option, value: tuple[str, ...]) -> _ConfigInput:
+        """Remember the config file paths, for the token write-back."""
+        ctx.meta[CONFIG_PATHS] = [path for path in value if path != "ENV"]
+        return super().cb_config(ctx, param, value)
+
+    @classmethod
+    def invoke(  # type: ignore[override]
+        cls,
+        *,
+        about: bool = False,
+        about_format: str | None = None,
+        config: _ConfigInput | None = None,
+        file_input: t.IO[str] | None = None,
+    ) -> None:
+        """Run the target; if it stops on an error, the state of what was written is printed first."""
+        super(Target, cls).invoke(about=about, about_format=about_format)
+        cls.print_version(print_fn=cls.logger.info)
+        context = click.get_current_context(silent=True)
+        paths = context.meta.get(CONFIG_PATHS, []) if context else []
+        target = cls(
+            config=config.config if config else {},
+            parse_env_config=config.parse_env if config else False,
+            config_path=Path(paths[-1]) if paths else None,
+        )
+        try:
+            target.listen(file_input)
+        except Exception:
+            target.write_state()
+            raise
