@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +37,7 @@ def print_summary(state: dict) -> None:
 
 
 def main() -> int:
-    if not CONFIG.exists() and not os.environ.get("BASE_URL"):
+    if not CONFIG.exists():
         print(
             "No CBX1 API is configured, so nothing is sent. To run the demo against CBX1, copy\n"
             "config.sample.json to config.json, fill in api_url, access_key and org_id, and run\n"
@@ -47,9 +46,8 @@ def main() -> int:
         print(f"The sample input {SAMPLE.relative_to(ROOT)} holds records per stream: {sample_counts()}")
         return 0
     STATE.parent.mkdir(exist_ok=True)
-    config = CONFIG if CONFIG.exists() else ROOT / "config.sample.json"
     with SAMPLE.open() as stdin, STATE.open("w") as stdout:
-        run = subprocess.run([str(TARGET), "--config", str(config)], stdin=stdin, stdout=stdout, check=False)
+        run = subprocess.run([str(TARGET), "--config", str(CONFIG)], stdin=stdin, stdout=stdout, check=False)
     if run.returncode != 0:
         print(f"target-cbx1 exited with {run.returncode}; its log above says why.")
         return run.returncode
