@@ -9,6 +9,7 @@ import os
 import time
 import typing as t
 from dataclasses import dataclass
+from time import sleep
 from urllib.parse import quote, urljoin
 
 import requests
@@ -115,7 +116,7 @@ class Cbx1Client:
                     f"than retry_after_max_seconds ({self.policy.retry_after_max_seconds:.0f} s)"
                 ) from None
             logger.warning("%s failed (%s); retry %d in %.1f s", path, error, attempts, wait)
-            time.sleep(wait)
+            sleep(wait)
 
     @staticmethod
     def _answer(response: requests.Response, action: Action) -> t.Any:

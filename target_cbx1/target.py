@@ -11,10 +11,12 @@ import typing as t
 from pathlib import Path
 
 import click
+from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.helpers.capabilities import TARGET_VALIDATE_RECORDS_CONFIG
 from singer_sdk.target_base import Target
 
 from target_cbx1.client import Cbx1Client, batch_id
+from target_cbx1.errors import CredentialsError
 from target_cbx1.ledger import StateLedger
 from target_cbx1.records import LookupRule, lookup_rule_for
 from target_cbx1.redaction import install_log_masking
@@ -184,13 +186,22 @@ class TargetCBX1(Target):
         cls.print_version(print_fn=cls.logger.info)
         context = click.get_current_context(silent=True)
         paths = context.meta.get(CONFIG_PATHS, []) if context else []
-        target = cls(
-            config=config.config if config else {},
-            parse_env_config=config.parse_env if config else False,
-            config_path=Path(paths[-1]) if paths else None,
-        )
+        try:
+            target = cls(
+                config=config.config if config else {},
+                parse_env_config=config.parse_env if config else False,
+                config_path=Path(paths[-1]) if paths else None,
+            )
+        except ConfigValidationError as exc:
+            details = [error for error in exc.errors if error not in str(exc)]
+            cls.logger.error("%s", "; ".join([str(exc), *details]))
+            sys.exit(1)
         try:
             target.listen(file_input)
+        except CredentialsError as exc:
+            target.write_state()
+            cls.logger.error("%s", exc)
+            sys.exit(1)
         except Exception:
             target.write_state()
             raise
