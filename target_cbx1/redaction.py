@@ -42,7 +42,13 @@ def install_log_masking() -> None:
 
     def masking_factory(*args: t.Any, **kwargs: t.Any) -> logging.LogRecord:
         record = factory(*args, **kwargs)
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed call: logging reports it, with masked arguments
+            record.msg = mask(str(record.msg))
+            if isinstance(record.args, tuple):
+                record.args = tuple(mask(str(arg)) for arg in record.args)
+            return record
         masked = mask(message)
         if masked != message:
             record.msg, record.args = masked, None

@@ -203,10 +203,10 @@ class Settings(BaseModel):
     def _api_url_is_safe(cls, value: str) -> str:
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{value!r} is not an http(s) URL")
+            raise ValueError("is not an http(s) URL such as https://api.cbx1.com")
         if parts.scheme == "http" and not _is_loopback(parts.hostname):
             raise ValueError(
-                f"{value!r} uses plain http://; use https:// "
+                f"http://{parts.hostname} uses plain http://; use https:// "
                 "(http is accepted only for 127.0.0.1 / localhost)"
             )
         return value.strip()
@@ -217,7 +217,7 @@ class Settings(BaseModel):
         values = {
             name: spec["default"] for name, spec in CONFIG_SCHEMA["properties"].items() if "default" in spec
         }
-        values.update({k: v for k, v in config.items() if v is not None})
+        values.update({k: v for k, v in config.items() if v is not None and v != ""})
         for ours, hotglue in HOTGLUE_ALIASES.items():
             if values.get(ours) in (None, "") and config.get(hotglue) not in (None, ""):
                 values[ours] = config[hotglue]

@@ -1,0 +1,184 @@
+"""Unit tests for target_cbx1.ledger: the HotGlue state line."""
+
+from __future__ import annotations
+
+import io
+import json
+from decimal import Decimal
+from typing import Any
+
+from target_cbx1.ledger import StateLedger
+
+
+def written(ledger: StateLedger) -> str:
+    out = io.StringIO()
+    ledger.write(out)
+    return out.getvalue()
+
+
+def state_of(ledger: StateLedger) -> dict[str, Any]:
+    return json.loads(written(ledger))
+
+
+def test_write_produces_one_line_of_bare_json() -> None:
+    ledger = StateLedger()
+    ledger.add("accounts", "h1", "001A").succeed("id-1")
+    text = written(ledger)
+    assert text.endswith("\n")
+    assert text.count("\n") == 1
+    state = json.loads(text)
+    assert set(state) == {"bookmarks", "summary"}
+    assert "type" not in state
+
+
+def test_empty_ledger_writes_empty_bookmarks_and_summary() -> None:
+    assert state_of(StateLedger()) == {"bookmarks": {}, "summary": {}}
+
+
+def test_stream_opened_without_records_has_all_four_zero_counters() -> None:
+    ledger = StateLedger()
+    ledger.open_stream("contacts")
+    state = state_of(ledger)
+    assert state["bookmarks"] == {"contacts": []}
+    assert state["summary"] == {"contacts": {"success": 0, "fail": 0, "existing": 0, "updated": 0}}
+
+
+def test_entries_keep_input_order_per_stream() -> None:
+    ledger = StateLedger()
+    for number in range(1, 4):
+        ledger.add("accounts", f"a{number}", f"A{number}").succeed(f"id-a{number}")
+        ledger.add("contacts", f"c{number}", f"C{number}").succeed(f"id-c{number}")
+    state = state_of(ledger)
+    assert [entry["hash"] for entry in state["bookmarks"]["accounts"]] == ["a1", "a2", "a3"]
+    assert [entry["externalId"] for entry in state["bookmarks"]["contacts"]] == ["C1", "C2", "C3"]
+
+
+def test_order_follows_adding_not_deciding() -> None:
+    ledger = StateLedger()
+    entries = [ledger.add("accounts", f"h{number}", None) for number in range(3)]
+    for entry in reversed(entries):
+        entry.succeed("x")
+    assert [e["hash"] for e in state_of(ledger)["bookmarks"]["accounts"]] == ["h0", "h1", "h2"]
+
+
+def test_successful_entry_has_exactly_the_documented_keys() -> None:
+    ledger = StateLedger()
+    entry = ledger.add("accounts", "h1", "001A")
+    entry.lookup_key = "acme.com"
+    entry.succeed("7bb72d89")
+    [bookmark] = state_of(ledger)["bookmarks"]["accounts"]
+    assert bookmark == {
+        "hash": "h1",
+        "success": True,
+        "id": "7bb72d89",
+        "externalId": "001A",
+        "lookupKey": "acme.com",
+    }
+
+
+def test_failed_entry_carries_error_and_null_id() -> None:
+    ledger = StateLedger()
+    ledger.add("accounts", "h1", "001B").fail("domain is required")
+    [bookmark] = state_of(ledger)["bookmarks"]["accounts"]
+    assert bookmark == {
+        "hash": "h1",
+        "success": False,
+        "id": None,
+        "externalId": "001B",
+        "lookupKey": None,
+        "error": "domain is required",
+    }
+
+
+def test_batch_id_and_mapped_record_appear_only_when_set() -> None:
+    ledger = StateLedger()
+    plain = ledger.add("contacts", "h1", "C1")
+    plain.succeed("id-1")
+    rich = ledger.add("contacts", "h2", "C2")
+    rich.batch_id = "0123abcd"
+    rich.mapped_record = {"email": "ann@acme.com"}
+    rich.succeed("id-2")
+    first, second = state_of(ledger)["bookmarks"]["contacts"]
+    assert "hgBatchId" not in first
+    assert "mapped_record" not in first
+    assert second["hgBatchId"] == "0123abcd"
+    assert second["mapped_record"] == {"email": "ann@acme.com"}
+
+
+def test_summary_counts_success_fail_and_updated() -> None:
+    ledger = StateLedger()
+    ledger.add("accounts", "h1", None).succeed("id-1")
+    ledger.add("accounts", "h2", None).succeed("id-2", updated=True)
+    ledger.add("accounts", "h3", None).fail("Invalid domain")
+    ledger.add("accounts", "h4", None).succeed("id-4")
+    assert state_of(ledger)["summary"]["accounts"] == {"success": 2, "fail": 1, "existing": 0, "updated": 1}
+
+
+def test_duplicate_hash_counts_as_existing_and_reuses_first_outcome() -> None:
+    ledger = StateLedger()
+    first = ledger.add("accounts", "same", "001A")
+    first.lookup_key = "acme.com"
+    first.succeed("id-1")
+    duplicate = ledger.add("accounts", "same", "001A-copy")
+    assert duplicate.original is first
+    state = state_of(ledger)
+    second_bookmark = state["bookmarks"]["accounts"][1]
+    assert second_bookmark["success"] is True
+    assert second_bookmark["id"] == "id-1"
+    assert second_bookmark["lookupKey"] == "acme.com"
+    assert second_bookmark["externalId"] == "001A-copy"
+    assert state["summary"]["accounts"] == {"success": 1, "fail": 0, "existing": 1, "updated": 0}
+
+
+def test_duplicate_reuses_outcome_decided_after_it_was_added() -> None:
+    ledger = StateLedger()
+    first = ledger.add("accounts", "same", None)
+    ledger.add("accounts", "same", None)
+    assert state_of(ledger)["bookmarks"]["accounts"] == []
+    first.fail("Invalid domain")
+    state = state_of(ledger)
+    assert [b["error"] for b in state["bookmarks"]["accounts"]] == ["Invalid domain", "Invalid domain"]
+    assert [b["success"] for b in state["bookmarks"]["accounts"]] == [False, False]
+    assert state["summary"]["accounts"] == {"success": 0, "fail": 1, "existing": 1, "updated": 0}
+
+
+def test_same_hash_in_another_stream_is_not_a_duplicate() -> None:
+    ledger = StateLedger()
+    ledger.add("accounts", "same", None).succeed("id-a")
+    contact = ledger.add("contacts", "same", None)
+    assert contact.original is None
+    contact.succeed("id-c")
+    assert state_of(ledger)["summary"]["contacts"]["existing"] == 0
+
+
+def test_undecided_entries_are_left_out_of_bookmarks_and_summary() -> None:
+    ledger = StateLedger()
+    ledger.add("accounts", "h1", "A1").succeed("id-1")
+    ledger.add("accounts", "h2", "A2")  # still in flight
+    ledger.add("accounts", "h3", "A3").fail("boom")
+    state = state_of(ledger)
+    assert [b["hash"] for b in state["bookmarks"]["accounts"]] == ["h1", "h3"]
+    assert state["summary"]["accounts"] == {"success": 1, "fail": 1, "existing": 0, "updated": 0}
+
+
+def test_summary_counts_sum_to_number_of_bookmark_entries() -> None:
+    ledger = StateLedger()
+    ledger.add("accounts", "h1", None).succeed("1")
+    ledger.add("accounts", "h1", None)
+    ledger.add("accounts", "h2", None).succeed("2", updated=True)
+    ledger.add("accounts", "h3", None).fail("bad")
+    ledger.add("accounts", "h4", None)  # undecided
+    ledger.add("contacts", "c1", None).fail("bad")
+    state = state_of(ledger)
+    for stream, bookmarks in state["bookmarks"].items():
+        assert sum(state["summary"][stream].values()) == len(bookmarks)
+    assert len(state["bookmarks"]["accounts"]) == 4
+
+
+def test_numeric_external_ids_serialise_exactly() -> None:
+    ledger = StateLedger()
+    ledger.add("accounts", "h1", Decimal("12345678901234567890.10")).succeed("id-1")
+    ledger.add("accounts", "h2", 2**63 + 1).succeed("id-2")
+    text = written(ledger)
+    assert '"externalId":12345678901234567890.10' in text
+    assert f'"externalId":{2**63 + 1}' in text
