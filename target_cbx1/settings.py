@@ -39,7 +39,7 @@ CONFIG_SCHEMA: dict[str, t.Any] = th.PropertiesList(
     ),
     th.Property(
         "org_id",
-        th.StringType,
+        th.CustomType({"type": ["string", "integer"]}),
         description=(
             "CBX1 organisation id, sent as the x-organisation-id header. HotGlue's key `OrgId` is accepted."
         ),

@@ -24,6 +24,8 @@ from target_cbx1.settings import CONFIG_SCHEMA, Settings
 from target_cbx1.sinks import BatchSink, RecordSink
 
 if t.TYPE_CHECKING:
+    from types import FrameType
+
     from singer_sdk.plugin_base import _ConfigInput
     from singer_sdk.sinks import Sink
 
@@ -131,6 +133,15 @@ class TargetCBX1(Target):
         super().process_endofpipe()
         self.write_state()
 
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT: send what is queued, print the state of confirmed outcomes, exit."""
+        self.logger.info("Received signal %d: sending queued records, then writing the state", signum)
+        try:
+            self.drain_all(is_endofpipe=True)
+        finally:
+            self.write_state()
+            sys.exit(0)
+
     def write_state(self) -> None:
         """Print the HotGlue state line (the last line of stdout)."""
         self.ledger.write(sys.stdout)
@@ -144,7 +155,7 @@ class TargetCBX1(Target):
             return
         try:
             config = json.loads(self._config_path.read_text())
-            hotglue_style = "AccessToken" in config or "Code" in config
+            hotglue_style = "access_token" not in config and ("AccessToken" in config or "Code" in config)
             config["AccessToken" if hotglue_style else "access_token"] = token
             config["expires_in"] = int(expires_at)
             with tempfile.NamedTemporaryFile(

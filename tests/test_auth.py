@@ -74,6 +74,14 @@ def test_hotglue_config_keys_are_accepted(api, capsys):
     assert state["bookmarks"]["accounts"][0]["success"] is True
 
 
+def test_numeric_org_id_is_sent_as_text(api, capsys):
+    api.post(requests_mock_any_bulk(), json=bulk_answer())
+
+    run_target(make_config(org_id=42), [schema("accounts"), account(1)], capsys)
+
+    assert data_requests(api)[0].headers["x-organisation-id"] == "42"
+
+
 def test_cached_token_is_used_while_valid(api, capsys):
     api.post(requests_mock_any_bulk(), json=bulk_answer())
     config = make_config(AccessToken="cached-token-1", expires_in=time.time() + 3600)
@@ -172,6 +180,19 @@ def test_write_back_uses_our_key_names_for_our_config(api, tmp_path):
 
     target = TargetCBX1(config=make_config(), config_path=config_file)
     target.listen(_stdin([schema("accounts"), account(1)]))
+
+    saved = json.loads(config_file.read_text())
+    assert saved["access_token"] == RECORDED_TOKEN
+    assert "AccessToken" not in saved
+
+
+def test_write_back_goes_to_the_key_the_token_was_read_from(api, tmp_path):
+    api.post(requests_mock_any_bulk(), json=bulk_answer())
+    config_file = tmp_path / "config.json"
+    config = make_config(Code=ACCESS_KEY, access_token="stale", expires_in=1)
+    config_file.write_text(json.dumps(config))
+
+    TargetCBX1(config=dict(config), config_path=config_file).listen(_stdin([schema("accounts"), account(1)]))
 
     saved = json.loads(config_file.read_text())
     assert saved["access_token"] == RECORDED_TOKEN

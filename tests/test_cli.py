@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,33 @@ def test_about_lists_every_setting(tmp_path):
         assert settings[name].get("description"), name
     assert settings["access_key"]["secret"] is True
     assert settings["batch_size"]["default"] == 20
+
+
+def test_sigterm_sends_queued_records_and_prints_their_state(stub, tmp_path):
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"api_url": stub.url, "access_key": ACCESS_KEY, "org_id": ORG_ID}))
+    lines = [{"type": "SCHEMA", "stream": "accounts", "schema": {"properties": {}}, "key_properties": []}]
+    lines += [{"type": "RECORD", "stream": "accounts", "record": {"domain": f"c{n}.com"}} for n in range(25)]
+    process = subprocess.Popen(
+        [COMMAND, "--config", str(config_file)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None
+    process.stdin.write("".join(json.dumps(line) + "\n" for line in lines))
+    process.stdin.flush()
+    deadline = time.monotonic() + 20
+    while not stub.requests and time.monotonic() < deadline:  # the first full chunk of 20 went out
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the reader take the last 5 records into the queue
+
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 0, stderr
+    state = json.loads(stdout.splitlines()[-1])
+    entries = state["bookmarks"]["accounts"]
+    assert len(entries) == 25
+    assert all(entry["id"] == stub.stored[entry["lookupKey"]] for entry in entries)
