@@ -117,11 +117,10 @@ class TargetCBX1(Target):
         """Send a stream's queued records before its schema changes, so upserts stay in order."""
         stream_maps = self.mapper.stream_maps.get(message_dict.get("stream", ""), [])
         for stream_map in stream_maps:
-            changed = stream_map.raw_schema != message_dict.get(
-                "schema"
-            ) or stream_map.raw_key_properties != message_dict.get("key_properties")
+            schema_changed = stream_map.raw_schema != message_dict.get("schema")
+            keys_changed = stream_map.raw_key_properties != message_dict.get("key_properties")
             sink = self._sinks_active.get(stream_map.stream_alias)
-            if changed and sink is not None:
+            if (schema_changed or keys_changed) and sink is not None:
                 self.drain_one(sink)
         super()._process_schema_message(message_dict)
 
@@ -134,13 +133,14 @@ class TargetCBX1(Target):
         self.write_state()
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
-        """SIGTERM/SIGINT: send what is queued, print the state of confirmed outcomes, exit."""
+        """SIGTERM/SIGINT: send what is queued, print the state of confirmed outcomes, exit.
+
+        An error while sending propagates to `invoke`, which prints the state and exits non-zero.
+        """
         self.logger.info("Received signal %d: sending queued records, then writing the state", signum)
-        try:
-            self.drain_all(is_endofpipe=True)
-        finally:
-            self.write_state()
-            sys.exit(0)
+        self.drain_all(is_endofpipe=True)
+        self.write_state()
+        sys.exit(0)
 
     def write_state(self) -> None:
         """Print the HotGlue state line (the last line of stdout)."""
