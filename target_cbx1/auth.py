@@ -9,10 +9,10 @@ import typing as t
 import requests
 from pydantic import ValidationError
 
-from target_cbx1.errors import CredentialsError, TransientError
-from target_cbx1.models import Envelope, SessionToken
+from target_cbx1.errors import CredentialsError, RequestFailedError, TransientError
+from target_cbx1.models import SessionToken
 from target_cbx1.redaction import register_secret
-from target_cbx1.responses import server_message
+from target_cbx1.responses import read_envelope_data, server_message
 from target_cbx1.retries import Action, action_for, parse_retry_after
 
 TOKEN_PATH = "api/g/v1/auth/tokens"
@@ -79,10 +79,9 @@ class SessionTokenAuth:
         if action is not Action.ACCEPT:
             raise self._failed(f"HTTP {response.status_code}: {server_message(response)}")
         try:
-            envelope = Envelope.model_validate_json(response.content)
-            if not envelope.ok:
-                raise self._failed(f"{envelope.status.code}: {envelope.status.message}")
-            issued = SessionToken.model_validate(envelope.data)
+            issued = SessionToken.model_validate(read_envelope_data(response))
+        except RequestFailedError as exc:
+            raise self._failed(str(exc)) from None
         except ValidationError:
             raise self._failed(f"unreadable answer: {server_message(response)}") from None
         register_secret(issued.session_token)

@@ -6,6 +6,7 @@ import hashlib
 import re
 import typing as t
 from dataclasses import dataclass
+from functools import cached_property
 
 from singer_sdk.singerlib.json import serialize_json
 
@@ -45,7 +46,7 @@ class LookupRule:
 
     field: str
 
-    @property
+    @cached_property
     def kind(self) -> t.Literal["domain", "email", "text"]:
         name = self.field.lower()
         if "email" in name:

@@ -165,12 +165,12 @@ class Settings(BaseModel):
     api_url: str
     access_key: SecretStr
     org_id: str
-    access_token: SecretStr | None
-    expires_in: float | None
+    access_token: SecretStr | None = None
+    expires_in: float | None = None
     process_as_batch: bool
     batch_size: int = Field(ge=1)
     add_stream_key: bool
-    metadata: dict[str, t.Any] | None
+    metadata: dict[str, t.Any] | None = None
     inject_batch_ids: bool
     custom_headers: list[CustomHeader]
     user_agent: str
@@ -219,13 +219,10 @@ class Settings(BaseModel):
         }
         values.update({k: v for k, v in config.items() if v is not None and v != ""})
         for ours, hotglue in HOTGLUE_ALIASES.items():
-            if values.get(ours) in (None, "") and config.get(hotglue) not in (None, ""):
+            if ours not in values and config.get(hotglue) not in (None, ""):
                 values[ours] = config[hotglue]
         if not values.get("api_url") and os.environ.get("BASE_URL"):
             values["api_url"] = os.environ["BASE_URL"]
-        values.setdefault("access_token", None)
-        values.setdefault("expires_in", None)
-        values.setdefault("metadata", None)
         try:
             return cls.model_validate(values)
         except ValidationError as exc:

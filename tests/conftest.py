@@ -98,6 +98,10 @@ def lines_of(messages: list[dict | str]) -> str:
     return "".join((m if isinstance(m, str) else json.dumps(m)) + "\n" for m in messages)
 
 
+def stdin_of(messages: list[dict | str]) -> io.StringIO:
+    return io.StringIO(lines_of(messages))
+
+
 def key_of_payload(payload: dict, field: str | None = None) -> str:
     if field is not None:
         return str(payload[field])
@@ -162,7 +166,7 @@ class Run(t.NamedTuple):
 def run_target(config: dict, messages: list[dict | str], capsys: pytest.CaptureFixture[str]) -> Run:
     """Feed messages to a TargetCBX1 and return the state line it printed last."""
     target = TargetCBX1(config=config)
-    target.listen(io.StringIO(lines_of(messages)))
+    target.listen(stdin_of(messages))
     stdout = capsys.readouterr().out
     return Run(json.loads(stdout.strip().splitlines()[-1]), stdout)
 

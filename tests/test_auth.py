@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
@@ -22,10 +21,10 @@ from tests.conftest import (
     bulk_answer,
     contact,
     fixture_json,
-    lines_of,
     make_config,
     run_target,
     schema,
+    stdin_of,
 )
 
 RECORDED_TOKEN = fixture_json("auth_token.json")["data"]["sessionToken"]
@@ -136,7 +135,7 @@ def test_a_second_401_stops_the_run_with_a_credentials_message(api):
     target = TargetCBX1(config=make_config())
 
     with pytest.raises(CredentialsError, match="401") as failure:
-        target.listen(_stdin([schema("accounts"), account(1)]))
+        target.listen(stdin_of([schema("accounts"), account(1)]))
 
     assert "access_key" in str(failure.value)
     assert len(data_requests(api)) == 2
@@ -148,7 +147,7 @@ def test_wrong_credentials_fail_fast_without_leaking_the_key(api, status):
     target = TargetCBX1(config=make_config())
 
     with pytest.raises(CredentialsError) as failure:
-        target.listen(_stdin([schema("accounts"), account(1)]))
+        target.listen(stdin_of([schema("accounts"), account(1)]))
 
     message = str(failure.value)
     assert "authentication failed" in message
@@ -165,7 +164,7 @@ def test_new_token_is_written_back_into_a_hotglue_config_file(api, tmp_path):
     before = time.time()
 
     target = TargetCBX1(config=dict(config), config_path=config_file)
-    target.listen(_stdin([schema("accounts"), account(1)]))
+    target.listen(stdin_of([schema("accounts"), account(1)]))
 
     saved = json.loads(config_file.read_text())
     assert saved["AccessToken"] == RECORDED_TOKEN
@@ -179,7 +178,7 @@ def test_write_back_uses_our_key_names_for_our_config(api, tmp_path):
     config_file.write_text(json.dumps(make_config()))
 
     target = TargetCBX1(config=make_config(), config_path=config_file)
-    target.listen(_stdin([schema("accounts"), account(1)]))
+    target.listen(stdin_of([schema("accounts"), account(1)]))
 
     saved = json.loads(config_file.read_text())
     assert saved["access_token"] == RECORDED_TOKEN
@@ -192,7 +191,9 @@ def test_write_back_goes_to_the_key_the_token_was_read_from(api, tmp_path):
     config = make_config(Code=ACCESS_KEY, access_token="stale", expires_in=1)
     config_file.write_text(json.dumps(config))
 
-    TargetCBX1(config=dict(config), config_path=config_file).listen(_stdin([schema("accounts"), account(1)]))
+    TargetCBX1(config=dict(config), config_path=config_file).listen(
+        stdin_of([schema("accounts"), account(1)])
+    )
 
     saved = json.loads(config_file.read_text())
     assert saved["access_token"] == RECORDED_TOKEN
@@ -201,7 +202,3 @@ def test_write_back_goes_to_the_key_the_token_was_read_from(api, tmp_path):
 
 def requests_mock_any_bulk() -> re.Pattern[str]:
     return re.compile(rf"{API}/api/t/v1/targets/\w+/(bulk|upsert)")
-
-
-def _stdin(messages: list) -> io.StringIO:
-    return io.StringIO(lines_of(messages))

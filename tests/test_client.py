@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 
 import pytest
@@ -17,11 +16,11 @@ from tests.conftest import (
     bulk_answer,
     fixture_json,
     fixture_text,
-    lines_of,
     make_config,
     posted,
     run_target,
     schema,
+    stdin_of,
 )
 
 BULK = f"{API}/api/t/v1/targets/accounts/bulk"
@@ -196,6 +195,6 @@ def test_a_403_stops_the_run_with_a_permissions_message(api):
     api.post(BULK, status_code=403, json={"status": {"code": "AU403", "message": "Forbidden for org"}})
 
     with pytest.raises(CredentialsError, match="permission") as failure:
-        TargetCBX1(config=make_config()).listen(io.StringIO(lines_of(MESSAGES)))
+        TargetCBX1(config=make_config()).listen(stdin_of(MESSAGES))
 
     assert "Forbidden for org" in str(failure.value)
