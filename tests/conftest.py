@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests_mock
 
+from target_cbx1.sandbox import Sandbox
 from target_cbx1.target import TargetCBX1
 
 API = "https://cbx1.test"
@@ -156,6 +157,18 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     waits: list[float] = []
     monkeypatch.setattr("target_cbx1.client.sleep", waits.append)
     return waits
+
+
+@pytest.fixture
+def sandbox() -> t.Iterator[Sandbox]:
+    """The local CBX1 API on a free loopback port, stopped after the test."""
+    with Sandbox(access_key=ACCESS_KEY, org_id=ORG_ID) as server:
+        yield server
+
+
+def sandbox_config(sandbox: Sandbox, **overrides: t.Any) -> dict[str, t.Any]:
+    """A target config pointing at the sandbox, retrying without waiting."""
+    return {**make_config(api_url=sandbox.url), **overrides}
 
 
 class Run(t.NamedTuple):

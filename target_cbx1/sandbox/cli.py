@@ -1,0 +1,89 @@
+"""`cbx1-sandbox`: run the CBX1 API simulator on 127.0.0.1 until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import typing as t
+
+from target_cbx1.sandbox import faults
+from target_cbx1.sandbox.server import DEFAULT_ACCESS_KEY, DEFAULT_ORG_ID, Sandbox
+
+
+def lookup_field(text: str) -> tuple[str, str]:
+    stream, separator, field_name = text.partition("=")
+    if not separator or not stream or not field_name:
+        raise argparse.ArgumentTypeError(f"expected STREAM=FIELD, as in leads=email, not {text!r}")
+    return stream, field_name
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(
+        prog="cbx1-sandbox",
+        description="A local CBX1 API (auth, /bulk, /upsert) for demos and tests.\n"
+        "It prints its URL, then serves until interrupted.\n"
+        "GET /_sandbox/records lists what it stored; POST /_sandbox/faults with a JSON list\n"
+        "of specs scripts more faults.",
+        epilog=faults.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cli.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port; default 0)")
+    cli.add_argument("--latency-ms", type=float, default=0, help="delay before every answer (default 0)")
+    cli.add_argument(
+        "--access-key", default=DEFAULT_ACCESS_KEY, help=f"access key it accepts ({DEFAULT_ACCESS_KEY})"
+    )
+    cli.add_argument(
+        "--org-id", default=DEFAULT_ORG_ID, help=f"organisation id it accepts ({DEFAULT_ORG_ID})"
+    )
+    cli.add_argument("--token-max-age", type=int, default=3600, help="session token lifetime, seconds (3600)")
+    cli.add_argument(
+        "--fault", action="append", default=[], metavar="SPEC", help="script a fault (see below)"
+    )
+    cli.add_argument(
+        "--lookup-field",
+        action="append",
+        type=lookup_field,
+        default=[],
+        metavar="STREAM=FIELD",
+        help="serve another target besides accounts=domain and contacts=email",
+    )
+    cli.add_argument("--seed", type=int, help="seed for the order of /bulk results (default: random)")
+    cli.add_argument("--exit-after", type=float, help="stop by itself after this many seconds")
+    cli.add_argument("--verbose", action="store_true", help="log every request on stderr")
+    return cli
+
+
+def main(argv: t.Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(name)s: %(message)s")
+    try:
+        sandbox = Sandbox(
+            access_key=args.access_key,
+            org_id=args.org_id,
+            port=args.port,
+            latency_ms=args.latency_ms,
+            token_max_age=args.token_max_age,
+            faults=args.fault,
+            lookup_fields={"accounts": "domain", "contacts": "email", **dict(args.lookup_field)},
+            seed=args.seed,
+        )
+    except (faults.FaultSpecError, OSError) as error:
+        print(f"cbx1-sandbox: {error}", file=sys.stderr)
+        return 2
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    with sandbox:
+        print(f"CBX1 sandbox listening on {sandbox.url}", flush=True)
+        stopped.wait(args.exit_after)
+    stored = {stream: len(records) for stream, records in sandbox.store.records.items()}
+    summary = f"CBX1 sandbox stopped after {len(sandbox.exchanges)} data requests; stored {stored}"
+    print(summary, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

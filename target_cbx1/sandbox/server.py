@@ -1,0 +1,299 @@
+"""The sandbox's HTTP side: the CBX1 contract (auth, /bulk, /upsert) on 127.0.0.1, faults applied."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import secrets
+import threading
+import time
+import typing as t
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from target_cbx1.sandbox.faults import GATEWAY_STATUSES, Fault, FaultScript, FaultSpecError
+from target_cbx1.sandbox.store import StoredRecord, UnknownTargetError, UpsertStore
+
+DEFAULT_ACCESS_KEY = "sandbox-access-key"
+DEFAULT_ORG_ID = "sandbox-org"
+TOKEN_PATH = "/api/g/v1/auth/tokens"
+DATA_PATH = re.compile(r"^/api/t/v1/targets/(?P<stream>[^/]+)/(?P<endpoint>bulk|upsert)$")
+GATEWAY_PAGE = "<html><head><title>{status} Error</title></head><body><h1>{status} Error</h1></body></html>"
+BROKEN_BODIES = {
+    "html": "<html><body><h1>Scheduled maintenance</h1></body></html>",
+    "empty": "",
+    "truncated": '{"status": {"code": "CM000", "message": "Succ',
+}
+
+logger = logging.getLogger("cbx1-sandbox")
+
+
+@dataclass
+class Answer:
+    """An HTTP answer; a None answer means the connection is dropped instead."""
+
+    status: int
+    body: str
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One data request as the sandbox saw it."""
+
+    endpoint: str
+    stream: str
+    lookup_keys: tuple[str | None, ...]
+    status: int | None
+    fault: str | None
+
+
+def envelope(status: int, code: str, message: str, data: t.Any = None, **headers: str) -> Answer:
+    body: dict[str, t.Any] = {"status": {"code": code, "message": message}}
+    if data is not None:
+        body["data"] = data
+    return Answer(status, json.dumps(body), dict(headers))
+
+
+class Sandbox:
+    """A CBX1 API simulator on 127.0.0.1; start()/stop() or use it as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        access_key: str = DEFAULT_ACCESS_KEY,
+        org_id: str = DEFAULT_ORG_ID,
+        port: int = 0,
+        latency_ms: float = 0,
+        token_max_age: int = 3600,
+        faults: t.Iterable[str] = (),
+        lookup_fields: t.Mapping[str, str] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.access_key = access_key
+        self.org_id = org_id
+        self.latency = latency_ms / 1000
+        self.token_max_age = token_max_age
+        self.store = UpsertStore() if lookup_fields is None else UpsertStore(dict(lookup_fields))
+        self.faults = FaultScript()
+        for spec in faults:
+            self.faults.add(spec)
+        self.exchanges: list[Exchange] = []
+        self.tokens: dict[str, float] = {}
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self.server = _Server(("127.0.0.1", port), _Handler, self)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> Sandbox:
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="cbx1-sandbox", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self.server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.server.server_close()
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def add_fault(self, spec: str) -> None:
+        """Script a fault (see target_cbx1.sandbox.faults); raises FaultSpecError for a bad spec."""
+        self.faults.add(spec)
+
+    def records(self, stream: str) -> dict[str, StoredRecord]:
+        """What the store holds for a stream, by lookup key."""
+        return dict(self.store.records.get(stream, {}))
+
+    def respond(self, method: str, target: str, headers: t.Mapping[str, str], body: bytes) -> Answer | None:
+        """The answer to one request (None: drop the connection); header names in lower case."""
+        url = urlsplit(target)
+        if method == "GET" and url.path == TOKEN_PATH:
+            return self._delayed(self._issue_token(parse_qs(url.query)))
+        if url.path.startswith("/_sandbox/"):
+            return self._control(method, url.path, body)
+        match = DATA_PATH.match(url.path)
+        if method != "POST" or match is None:
+            return envelope(404, "CM404", f"No route for {method} {url.path}")
+        return self._data(unquote(match["stream"]), match["endpoint"], headers, body)
+
+    def _delayed(self, answer: Answer) -> Answer:
+        if self.latency:
+            time.sleep(self.latency)
+        return answer
+
+    def _issue_token(self, query: dict[str, list[str]]) -> Answer:
+        given = (query.get("authenticationType"), query.get("code"), query.get("orgId"))
+        if given != (["ACCESS_KEY"], [self.access_key], [self.org_id]):
+            return envelope(401, "AU401", "Invalid access key or organisation")
+        token = f"sbx.{secrets.token_urlsafe(24)}"
+        with self._lock:
+            self.tokens[token] = time.monotonic() + self.token_max_age
+        return envelope(200, "CM000", "Success", {"sessionToken": token, "maxAge": self.token_max_age})
+
+    def _control(self, method: str, path: str, body: bytes) -> Answer:
+        if method == "GET" and path == "/_sandbox/records":
+            return Answer(200, json.dumps(self.store.listing()))
+        if method == "POST" and path == "/_sandbox/faults":
+            try:
+                for spec in json.loads(body or b"[]"):
+                    self.add_fault(spec)
+            except (ValueError, TypeError, FaultSpecError) as error:
+                return envelope(400, "CM400", f"Faults are a JSON list of specs: {error}")
+            return envelope(200, "CM000", "Success")
+        return envelope(404, "CM404", f"No sandbox route for {method} {path}")
+
+    def _data(self, stream: str, endpoint: str, headers: t.Mapping[str, str], body: bytes) -> Answer | None:
+        refusal = self._check_session(headers) or self._check_body(stream, endpoint, body)
+        if refusal is not None:
+            return self._delayed(refusal)
+        payload = json.loads(body)
+        records = payload if endpoint == "bulk" else [payload]
+        keys = tuple(self.store.key_of(stream, record) for record in records)
+        fault = self.faults.take(keys)
+        answer = self._faulty(fault, keys) if fault else None
+        if answer is None and (fault is None or fault.kind in ("slow", "omit")):
+            answer = (
+                self._upsert_all(stream, records, fault)
+                if endpoint == "bulk"
+                else self._upsert(stream, payload)
+            )
+        status = answer.status if answer else None
+        exchange = Exchange(endpoint, stream, keys, status, fault.kind if fault else None)
+        with self._lock:
+            self.exchanges.append(exchange)
+        if fault is not None and fault.kind == "slow":
+            time.sleep(fault.number(5))
+        return self._delayed(answer) if answer else None
+
+    def _check_session(self, headers: t.Mapping[str, str]) -> Answer | None:
+        """401 without a live session token, 403 for another organisation; None when both are right."""
+        scheme, _, token = (headers.get("authorization") or "").partition(" ")
+        with self._lock:
+            expires_at = self.tokens.get(token)
+        if scheme != "Bearer" or expires_at is None or time.monotonic() >= expires_at:
+            return envelope(401, "AU401", "Session token is missing, invalid or expired")
+        if headers.get("x-organisation-id") != self.org_id:
+            return envelope(403, "AU403", "x-organisation-id does not match the session")
+        return None
+
+    def _check_body(self, stream: str, endpoint: str, body: bytes) -> Answer | None:
+        """404 for a stream the API does not serve, 400 for a body of the wrong shape."""
+        try:
+            self.store.lookup_field(stream)
+            payload = json.loads(body)
+        except UnknownTargetError as error:
+            return envelope(404, "CM404", str(error))
+        except ValueError as error:
+            return envelope(400, "CM400", f"Request body is not valid JSON: {error}")
+        if endpoint == "bulk" and not isinstance(payload, list):
+            return envelope(400, "CM400", "/bulk takes a JSON array of records")
+        if endpoint == "upsert" and not isinstance(payload, dict):
+            return envelope(400, "CM400", "/upsert takes one JSON object")
+        return None
+
+    def _faulty(self, fault: Fault, keys: tuple[str | None, ...]) -> Answer | None:
+        """The answer a fault replaces the real one with (None for faults that change it otherwise)."""
+        if fault.kind == "429":
+            seconds = fault.number(1)
+            return envelope(429, "RL429", "Too many requests", **{"Retry-After": f"{seconds:g}"})
+        if fault.kind in GATEWAY_STATUSES:
+            return Answer(int(fault.kind), GATEWAY_PAGE.format(status=fault.kind), content_type="text/html")
+        if fault.kind == "401":
+            return envelope(401, "AU401", "Session token has been revoked")
+        if fault.kind == "not-cm000":
+            return envelope(200, "CM500", "Processing failed, please retry later")
+        if fault.kind == "body":
+            return Answer(200, BROKEN_BODIES[fault.arg or "html"], content_type="text/html")
+        if fault.kind == "reject":
+            position = keys.index(fault.arg) + 1
+            message = f"Validation failed for record {position} (lookupKey '{fault.arg}')"
+            return envelope(400, "CM400", message)
+        return None  # slow, omit: the real answer, changed; drop: no answer
+
+    def _upsert_all(self, stream: str, records: list[t.Any], fault: Fault | None) -> Answer:
+        results = [self.store.upsert(stream, record).as_result() for record in records]
+        with self._lock:
+            self._random.shuffle(results)
+        if fault is not None and fault.kind == "omit":
+            results = results[int(fault.number(1)) :]
+        successful = sum(1 for result in results if result["success"])
+        data = {
+            "totalProcessed": len(records),
+            "successful": successful,
+            "failed": len(records) - successful,
+            "results": results,
+        }
+        return envelope(200, "CM000", "Success", data)
+
+    def _upsert(self, stream: str, record: dict[str, t.Any]) -> Answer:
+        outcome = self.store.upsert(stream, record)
+        if outcome.error is not None:
+            return envelope(400, "CM400", outcome.error)
+        return envelope(200, "CM000", "Success", {"id": outcome.id, "lookupKey": outcome.lookup_key})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], sandbox: Sandbox
+    ) -> None:
+        super().__init__(address, handler)
+        self.sandbox = sandbox
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # otherwise each keep-alive answer waits ~40 ms for a delayed ACK
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def _serve(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        answer = self.server.sandbox.respond(method, self.path, headers, body)
+        if answer is None:
+            self.close_connection = True
+            return
+        data = answer.body.encode()
+        try:
+            self.send_response(answer.status)
+            self.send_header("Content-Type", answer.content_type)
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in answer.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (slow fault)
+            self.close_connection = True
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """One DEBUG line per request, without the query string (it carries the access key)."""
+        logger.debug("%s %s -> %s", self.command, urlsplit(self.path).path, code)
+
+    def log_message(self, format: str, *args: t.Any) -> None:
+        logger.debug(format, *args)

@@ -1,0 +1,254 @@
+"""The real `target-cbx1` command against the sandbox, as HotGlue runs it: stdin in, state line out."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from target_cbx1.sandbox import Sandbox
+from target_cbx1.settings import CONFIG_SCHEMA
+from tests.conftest import ACCESS_KEY, ORG_ID, lines_of, sandbox_config
+
+COMMAND = str(Path(sys.executable).parent / "target-cbx1")
+SAMPLE = Path(__file__).parent.parent / "examples" / "hubspot_export.singer"
+SAMPLE_ACCOUNT_OUTCOMES = [True, True, False, False, True, True, False, True, True]
+
+
+class Result:
+    """A finished run: exit code, the state line it printed, and its log."""
+
+    def __init__(self, process: subprocess.CompletedProcess) -> None:
+        self.returncode = process.returncode
+        self.stdout = process.stdout
+        self.stderr = process.stderr
+
+    @property
+    def state(self) -> dict:
+        return json.loads(self.stdout.splitlines()[-1])
+
+    def entries(self, stream: str) -> list[dict]:
+        return self.state["bookmarks"][stream]
+
+
+def run_command(config: dict | None, tmp_path: Path, stdin: str | None = None) -> Result:
+    args = [COMMAND]
+    if config is not None:
+        config_file = tmp_path / "config.json"
+        config_file.write_text(json.dumps(config))
+        args += ["--config", str(config_file)]
+    text = SAMPLE.read_text() if stdin is None else stdin
+    process = subprocess.run(args, input=text, capture_output=True, text=True, timeout=60, check=False)
+    return Result(process)
+
+
+def assert_matches_sandbox(entries: list[dict], sandbox: Sandbox, stream: str) -> None:
+    """Every success is the id the sandbox holds for its key; every failure names its reason."""
+    stored = sandbox.records(stream)
+    for entry in entries:
+        if entry["success"]:
+            assert entry["id"] == stored[entry["lookupKey"]].id, entry
+        else:
+            assert entry["id"] is None, entry
+            assert entry["error"], entry
+    assert set(stored) == {entry["lookupKey"] for entry in entries if entry["success"]}
+
+
+def assert_no_secrets(result: Result, sandbox: Sandbox) -> None:
+    output = result.stdout + result.stderr
+    assert ACCESS_KEY not in output
+    assert not [token for token in sandbox.tokens if token in output]
+
+
+def test_sample_export_is_accounted_for_record_by_record(sandbox, tmp_path):
+    result = run_command({"api_url": sandbox.url, "Code": ACCESS_KEY, "OrgId": ORG_ID}, tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+    accounts, contacts = result.entries("accounts"), result.entries("contacts")
+    assert [e["externalId"] for e in accounts] == [f"500{n}" for n in (1, 2, 3, 4, 5, 2, 6, 7, 8)]
+    assert [e["success"] for e in accounts] == SAMPLE_ACCOUNT_OUTCOMES
+    assert accounts[2]["error"].startswith("domain is required")
+    assert "invalid domain 'not a domain'" in accounts[3]["error"]
+    assert accounts[6]["lookupKey"] == "umbrella_corp.com"
+    assert accounts[6]["error"] == "CBX1 rejected the record: Invalid domain"  # the sandbox's message
+    assert [e["success"] for e in contacts] == [True, True, False, False, True, True, True, True]
+    assert contacts[2]["error"].startswith("email is required")
+    assert "invalid email 'dana@initech'" in contacts[3]["error"]
+    assert contacts[0]["id"] == contacts[4]["id"]  # the same person, upserted twice
+    assert sandbox.records("contacts")["ann.lee@acme.com"].record["title"] == "CEO"  # the later version
+    assert_matches_sandbox(accounts, sandbox, "accounts")
+    assert_matches_sandbox(contacts, sandbox, "contacts")
+    assert result.state["summary"] == {
+        "accounts": {"success": 5, "fail": 3, "existing": 1, "updated": 0},
+        "contacts": {"success": 6, "fail": 2, "existing": 0, "updated": 0},
+    }
+    assert_no_secrets(result, sandbox)
+
+
+def test_record_mode_sends_one_upsert_per_record(sandbox, tmp_path):
+    result = run_command(sandbox_config(sandbox, process_as_batch=False), tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert {exchange.endpoint for exchange in sandbox.exchanges} == {"upsert"}
+    assert len(sandbox.exchanges) == 12  # every record with a valid key, the identical duplicate sent once
+    umbrella = result.entries("accounts")[6]
+    assert not umbrella["success"]
+    assert umbrella["error"] == "CBX1 rejected the request (HTTP 400: Invalid domain)"
+    assert_matches_sandbox(result.entries("accounts"), sandbox, "accounts")
+    assert_matches_sandbox(result.entries("contacts"), sandbox, "contacts")
+
+
+def test_many_records_in_chunks_keep_one_id_per_key(sandbox, tmp_path):
+    schema = {"type": "SCHEMA", "stream": "contacts", "schema": {"properties": {}}, "key_properties": []}
+    records = [
+        {"type": "RECORD", "stream": "contacts", "record": {"email": f"p{n % 150}@example.com", "n": n}}
+        for n in range(400)
+    ]
+
+    result = run_command(sandbox_config(sandbox), tmp_path, lines_of([schema, *records]))
+
+    assert result.returncode == 0, result.stderr
+    entries = result.entries("contacts")
+    assert len(entries) == 400
+    assert all(entry["success"] for entry in entries)
+    assert_matches_sandbox(entries, sandbox, "contacts")
+    assert len(sandbox.records("contacts")) == 150
+    assert sandbox.records("contacts")["p0@example.com"].record["n"] == 300  # the last write wins
+    assert all(len(exchange.lookup_keys) <= 20 for exchange in sandbox.exchanges)
+    assert all(len(set(e.lookup_keys)) == len(e.lookup_keys) for e in sandbox.exchanges)
+
+
+def test_transient_faults_are_retried_until_the_records_land(sandbox, tmp_path):
+    for fault in ("503", "429=0", "drop"):
+        sandbox.add_fault(fault)
+
+    result = run_command(sandbox_config(sandbox), tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert [exchange.fault for exchange in sandbox.exchanges[:3]] == ["503", "429", "drop"]
+    assert [e["success"] for e in result.entries("accounts")] == SAMPLE_ACCOUNT_OUTCOMES
+    assert_matches_sandbox(result.entries("accounts"), sandbox, "accounts")
+    assert_matches_sandbox(result.entries("contacts"), sandbox, "contacts")
+
+
+def test_revoked_token_is_refreshed_once_and_the_request_repeated(sandbox, tmp_path):
+    sandbox.add_fault("401")
+
+    result = run_command(sandbox_config(sandbox), tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert len(sandbox.tokens) == 2
+    assert sandbox.exchanges[0].status == 401
+    assert_matches_sandbox(result.entries("accounts"), sandbox, "accounts")
+    assert_no_secrets(result, sandbox)
+
+
+def test_a_missing_result_is_a_failure_never_a_silent_success(sandbox, tmp_path):
+    sandbox.add_fault("omit")
+
+    result = run_command(sandbox_config(sandbox, process_as_batch=True), tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    failed = [e for e in result.entries("accounts") + result.entries("contacts") if not e["success"]]
+    missing = [e for e in failed if e["error"].startswith("no result returned for lookupKey")]
+    assert len(missing) == 1
+    assert missing[0]["lookupKey"] in missing[0]["error"]
+
+
+def test_refreshed_token_is_written_back_to_the_config_file(sandbox, tmp_path):
+    run_command({"api_url": sandbox.url, "Code": ACCESS_KEY, "OrgId": ORG_ID}, tmp_path)
+
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["AccessToken"] in sandbox.tokens
+    assert saved["expires_in"] > time.time()
+
+
+def test_wrong_credentials_end_the_run_with_a_clear_message_and_no_secret(sandbox, tmp_path):
+    wrong_key = "ak-wrong-0000000000"
+    result = run_command({"api_url": sandbox.url, "access_key": wrong_key, "org_id": ORG_ID}, tmp_path)
+
+    assert result.returncode != 0
+    assert "CBX1 authentication failed" in result.stderr
+    assert "Invalid access key or organisation" in result.stderr
+    assert wrong_key not in result.stderr + result.stdout
+    assert all(not entry["success"] for entries in result.state["bookmarks"].values() for entry in entries)
+    assert sandbox.exchanges == []
+
+
+def test_plain_http_to_a_remote_host_is_refused_before_any_request(tmp_path):
+    config = {"api_url": "http://api.cbx1.example.com", "access_key": ACCESS_KEY, "org_id": ORG_ID}
+
+    result = run_command(config, tmp_path)
+
+    assert result.returncode != 0
+    assert "https://" in result.stderr
+    assert ACCESS_KEY not in result.stderr
+
+
+def test_about_lists_every_setting():
+    result = subprocess.run(
+        [COMMAND, "--about", "--format", "json"], capture_output=True, text=True, check=True
+    )
+
+    settings = json.loads(result.stdout)["settings"]["properties"]
+    assert set(CONFIG_SCHEMA["properties"]) <= set(settings)
+    for name in CONFIG_SCHEMA["properties"]:
+        assert settings[name].get("description"), name
+    assert settings["access_key"]["secret"] is True
+    assert settings["batch_size"]["default"] == 20
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_signal_sends_queued_records_and_prints_their_state(sandbox, tmp_path, signal_number):
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(sandbox_config(sandbox)))
+    lines = [{"type": "SCHEMA", "stream": "accounts", "schema": {"properties": {}}, "key_properties": []}]
+    lines += [{"type": "RECORD", "stream": "accounts", "record": {"domain": f"c{n}.com"}} for n in range(25)]
+    process = subprocess.Popen(
+        [COMMAND, "--config", str(config_file)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None
+    process.stdin.write(lines_of(lines))
+    process.stdin.flush()
+    deadline = time.monotonic() + 20
+    while not sandbox.exchanges and time.monotonic() < deadline:  # the first full chunk of 20 went out
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the reader take the last 5 records into the queue
+
+    process.send_signal(signal_number)
+    stdout, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 0, stderr
+    entries = json.loads(stdout.splitlines()[-1])["bookmarks"]["accounts"]
+    assert len(entries) == 25
+    assert_matches_sandbox(entries, sandbox, "accounts")
+
+
+def test_demo_shows_every_record_outcome(tmp_path):
+    demo = Path(__file__).parent.parent / "examples" / "demo.py"
+
+    result = subprocess.run(
+        [sys.executable, str(demo), str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "accounts: 9 records read, 6 sent in 1 request: 5 succeeded, 3 failed, 1 existing" in result.stdout
+    assert (
+        "contacts: 8 records read, 6 sent in 2 requests: 6 succeeded, 2 failed, 0 existing" in result.stdout
+    )
+    assert (
+        "5006     umbrella_corp.com        FAILED: CBX1 rejected the record: Invalid domain" in result.stdout
+    )
+    state = json.loads((tmp_path / "state.json").read_text())
+    for entry in state["bookmarks"]["accounts"] + state["bookmarks"]["contacts"]:
+        assert (entry["id"] if entry["success"] else entry["error"]) in result.stdout
