@@ -14,7 +14,7 @@ from urllib.parse import quote, urljoin
 
 import requests
 from pydantic import BaseModel, ValidationError
-from singer_sdk.exceptions import InvalidRecord
+from singer_sdk.exceptions import InvalidRecord, MissingKeyPropertiesError
 from singer_sdk.singerlib.json import serialize_json
 from singer_sdk.sinks import Sink
 
@@ -184,6 +184,16 @@ class ApiSink(Sink):
         self.options = PayloadOptions(target.settings.add_stream_key, target.settings.metadata)
         self.output_mapped_record = os.environ.get("OUTPUT_MAPPED_RECORD", "").lower() == "true"
         target.ledger.open_stream(stream_name)
+
+    def _singer_validate_message(self, record: dict) -> None:
+        """Stop the run on a record without a key property: the tap breaks the Singer spec."""
+        missing = [key for key in self.key_properties if key not in record]
+        if missing:
+            raise MissingKeyPropertiesError(
+                f"A record for stream {self.stream_name!r} is missing the key properties {missing} "
+                f"(key_properties: {list(self.key_properties)}). Singer requires every record to carry "
+                "its stream's key properties; check the tap."
+            )
 
     def process_record(self, record: dict, context: dict) -> None:
         """A record given directly is accepted as received."""

@@ -119,10 +119,15 @@ class PayloadOptions:
 def build_payload(
     record: t.Mapping[str, t.Any], stream: str, rule: LookupRule, options: PayloadOptions
 ) -> tuple[str, dict[str, t.Any]]:
-    """(lookup key, payload): the record minus _sdc_* columns, its key normalised, options applied."""
-    key = rule.key_of(record.get(rule.field))
+    """(lookup key, payload): the record minus _sdc_* columns, a text key normalised, options applied.
+
+    A lookup value that is not text (an integer id) is sent as it is, not as the text of its key.
+    """
+    lookup_value = record.get(rule.field)
+    key = rule.key_of(lookup_value)
     payload = {name: value for name, value in record.items() if not name.startswith(SDC_PREFIX)}
-    payload[rule.field] = key
+    if isinstance(lookup_value, str):
+        payload[rule.field] = key
     if options.add_stream_key:
         payload["stream"] = stream
     if options.metadata:

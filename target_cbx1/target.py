@@ -11,7 +11,7 @@ import typing as t
 from pathlib import Path
 
 import click
-from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.exceptions import ConfigValidationError, InvalidJSONSchema
 from singer_sdk.helpers.capabilities import TARGET_VALIDATE_RECORDS_CONFIG
 from singer_sdk.target_base import Target
 
@@ -61,7 +61,7 @@ class TargetCBX1(Target):
         self.ledger = StateLedger()
         self._config_path = config_path
         self.client = Cbx1Client(self.settings, on_new_token=self._write_back_token)
-        self._lookup_rules: dict[str, LookupRule | None] = {}
+        self._streams_without_lookup: set[str] = set()
         self._chunk_counts: dict[str, int] = {}
 
     # Routing and per-stream rules
@@ -70,13 +70,12 @@ class TargetCBX1(Target):
         return BatchSink if self.settings.process_as_batch else RecordSink
 
     def lookup_rule(self, stream: str, key_properties: t.Sequence[str]) -> LookupRule | None:
-        """The stream's lookup rule, decided once; a stream without one is logged once as an error."""
-        if stream not in self._lookup_rules:
-            rule = lookup_rule_for(stream, key_properties, self.settings.lookup_fields)
-            self._lookup_rules[stream] = rule
-            if rule is None:
-                self.logger.error("%s", self.missing_lookup_message(stream))
-        return self._lookup_rules[stream]
+        """The lookup rule for a stream's (current) key properties; a stream without one is logged once."""
+        rule = lookup_rule_for(stream, key_properties, self.settings.lookup_fields)
+        if rule is None and stream not in self._streams_without_lookup:
+            self._streams_without_lookup.add(stream)
+            self.logger.error("%s", self.missing_lookup_message(stream))
+        return rule
 
     @staticmethod
     def missing_lookup_message(stream: str) -> str:
@@ -114,10 +113,20 @@ class TargetCBX1(Target):
         self._handle_max_record_age()
 
     def _process_schema_message(self, message_dict: dict) -> None:
-        """Send a stream's queued records before its schema changes, so upserts stay in order."""
-        stream_maps = self.mapper.stream_maps.get(message_dict.get("stream", ""), [])
+        """Send a stream's queued records before its schema changes, so upserts stay in order.
+
+        Raises InvalidJSONSchema for a schema without properties.
+        """
+        self._assert_line_requires(message_dict, requires={"stream", "schema"})
+        stream, schema = message_dict["stream"], message_dict["schema"]
+        if not isinstance(schema, dict) or "properties" not in schema:
+            raise InvalidJSONSchema(
+                f"The SCHEMA message for stream {stream!r} has no 'properties': the target needs the "
+                "stream's fields and their types. Fix the schema the tap sends for this stream."
+            )
+        stream_maps = self.mapper.stream_maps.get(stream, [])
         for stream_map in stream_maps:
-            schema_changed = stream_map.raw_schema != message_dict.get("schema")
+            schema_changed = stream_map.raw_schema != schema
             keys_changed = stream_map.raw_key_properties != message_dict.get("key_properties")
             sink = self._sinks_active.get(stream_map.stream_alias)
             if (schema_changed or keys_changed) and sink is not None:

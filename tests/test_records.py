@@ -242,6 +242,18 @@ def test_values_are_sent_as_given() -> None:
     assert payload["active"] is False
 
 
+def test_non_text_lookup_value_is_sent_as_it_is() -> None:
+    key, payload = build_payload({"id": 7, "name": "Seven"}, "things", LookupRule("id"), NO_OPTIONS)
+    assert key == "7"
+    assert payload == {"id": 7, "name": "Seven"}
+
+
+def test_text_lookup_value_is_sent_normalised() -> None:
+    key, payload = build_payload({"code": " V-0042 "}, "vendors", LookupRule("code"), NO_OPTIONS)
+    assert key == "V-0042"
+    assert payload == {"code": "V-0042"}
+
+
 def test_input_record_is_not_mutated() -> None:
     record = {
         "domain": "WWW.ACME.COM",

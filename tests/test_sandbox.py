@@ -146,10 +146,11 @@ def test_other_streams_are_served_when_given_a_lookup_field():
         client = Client(sandbox)
         client.login()
 
-        answer = client.post("test%3Aodd%20name", "bulk", [{"id": 7}])
+        answer = client.post("test%3Aodd%20name", "bulk", [{"id": 7}, {"id": " V-42 "}])
 
         assert answer.status_code == 200, answer.text
         assert sandbox.records("test:odd name")["7"].record == {"id": 7}
+        assert "V-42" in sandbox.records("test:odd name")  # text keys keep their case
 
 
 def test_listing_shows_what_was_stored(client, sandbox):

@@ -6,7 +6,13 @@ import hashlib
 import json
 
 import pytest
+from singer_sdk.exceptions import (
+    InvalidJSONSchema,
+    MissingKeyPropertiesError,
+    RecordsWithoutSchemaException,
+)
 
+from target_cbx1.target import TargetCBX1
 from tests.conftest import (
     API,
     account,
@@ -19,6 +25,7 @@ from tests.conftest import (
     record,
     run_target,
     schema,
+    stdin_of,
     upsert_answer,
 )
 
@@ -388,3 +395,67 @@ def test_account_like_stream_names_use_domain(api, capsys, stream):
     state = run_target(make_config(), messages, capsys).state
 
     assert state["bookmarks"][stream][0]["lookupKey"] == "acme.com"
+
+
+def test_changed_key_properties_change_the_lookup_field(api, capsys):
+    api.post(
+        f"{API}/api/t/v1/targets/example_stream/bulk",
+        [{"json": bulk_answer(field="id")}, {"json": bulk_answer(field="email")}],
+    )
+    properties = {"id": {"type": "integer"}, "email": {"type": "string"}}
+    messages = [
+        schema("example_stream", properties, key_properties=["id"]),
+        record("example_stream", id=1, email="alice@example.com"),
+        schema("example_stream", properties, key_properties=["email"]),
+        record("example_stream", id=2, email="Bob@Example.com"),
+    ]
+
+    state = run_target(make_config(), messages, capsys).state
+
+    entries = state["bookmarks"]["example_stream"]
+    assert [e["lookupKey"] for e in entries] == ["1", "bob@example.com"]
+    assert [e["id"] for e in entries] == [cbx1_id("1"), cbx1_id("bob@example.com")]
+    assert posted(api) == [[{"id": 1, "email": "alice@example.com"}], [{"id": 2, "email": "bob@example.com"}]]
+
+
+def test_missing_lookup_field_is_logged_once_per_stream_across_key_changes(api, capsys, caplog):
+    properties = {"a": {"type": "string"}, "b": {"type": "string"}}
+    messages = [
+        schema("deals", properties),
+        record("deals", a="x", b="y"),
+        schema("deals", properties, key_properties=["a", "b"]),
+        record("deals", a="z", b="w"),
+    ]
+
+    state = run_target(make_config(), messages, capsys).state
+
+    assert [e["success"] for e in state["bookmarks"]["deals"]] == [False, False]
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "'deals'" in r.getMessage()]
+    assert len(errors) == 1
+
+
+def test_record_before_its_schema_stops_the_run_naming_the_stream(api):
+    with pytest.raises(
+        RecordsWithoutSchemaException, match=r"stream 'accounts'.*before a corresponding schema"
+    ):
+        TargetCBX1(config=make_config()).listen(stdin_of([account(1), schema("accounts")]))
+    assert posted(api) == []
+
+
+def test_record_missing_a_key_property_stops_the_run_naming_stream_and_key(api):
+    properties = {"id": {"type": "integer"}, "metric": {"type": "integer"}}
+    messages = [schema("metrics", properties, key_properties=["id"]), record("metrics", metric=3)]
+
+    with pytest.raises(
+        MissingKeyPropertiesError, match=r"stream 'metrics' is missing the key properties \['id'\]"
+    ):
+        TargetCBX1(config=make_config()).listen(stdin_of(messages))
+    assert posted(api) == []
+
+
+@pytest.mark.parametrize("bad_schema", [{"type": "object"}, "not an object"])
+def test_schema_without_properties_stops_the_run_naming_the_stream(api, bad_schema):
+    message = {"type": "SCHEMA", "stream": "accounts", "schema": bad_schema, "key_properties": []}
+
+    with pytest.raises(InvalidJSONSchema, match="SCHEMA message for stream 'accounts' has no 'properties'"):
+        TargetCBX1(config=make_config()).listen(stdin_of([message]))

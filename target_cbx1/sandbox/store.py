@@ -47,8 +47,11 @@ class Outcome:
 
 
 def normalise(kind: str, value: str) -> str:
-    """The key the store files a value under: trimmed, lower case; domains without scheme or www."""
-    key = value.strip().lower()
+    """The key the store files a value under: trimmed; emails and domains in lower case, domains bare."""
+    key = value.strip()
+    if kind == "text":
+        return key
+    key = key.lower()
     if kind == "domain":
         key = re.sub(r"^[a-z]+://", "", key).split("/", 1)[0].removeprefix("www.")
     return key
