@@ -19,7 +19,15 @@ from singer_sdk.singerlib.json import serialize_json
 from singer_sdk.sinks import Sink
 
 from target_cbx1.auth import TOKEN_PATH, SessionTokenAuth, TokenListener
-from target_cbx1.errors import CredentialsError, RequestFailedError, TransientError
+from target_cbx1.errors import (
+    ApiOutageError,
+    CredentialsError,
+    RejectedError,
+    RequestFailedError,
+    StopRequested,
+    TransientError,
+)
+from target_cbx1.models import UpsertData
 from target_cbx1.records import (
     PayloadOptions,
     RecordRejectedError,
@@ -62,6 +70,10 @@ class Cbx1Client:
             max_seconds=settings.backoff_max_seconds,
             retry_after_max_seconds=settings.retry_after_max_seconds,
         )
+        self.max_failures_in_a_row = settings.max_consecutive_request_failures
+        self.failures_in_a_row = 0
+        self.stop_signal: str | None = None
+        self.in_flight = False
         self.auth = SessionTokenAuth(
             self.session,
             self.url(TOKEN_PATH),
@@ -79,23 +91,21 @@ class Cbx1Client:
     def post(self, path: str, body: bytes) -> t.Any:
         """POST a JSON body and return the answer's `data`.
 
-        Raises RequestFailedError (the request's records fail, the run goes on) or
-        CredentialsError (the run stops).
+        Raises RequestFailedError (the request's records fail, the run goes on), CredentialsError or
+        ApiOutageError (the run stops), or StopRequested (a signal arrived; nothing more is sent).
         """
         delays = self.policy.delays()
         token_refreshed = False
         attempts = 0
         while True:
+            self.raise_if_stopping()
             attempts += 1
             try:
                 token = self.auth.token()
-                response = self.session.post(
-                    self.url(path),
-                    data=body,
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=self.timeout,
-                )
+                response = self._post_once(path, body, token)
                 action = action_for(response.status_code)
+                if action is not Action.RETRY:
+                    self.failures_in_a_row = 0
                 if action is Action.REFRESH_TOKEN and not token_refreshed:
                     logger.info("CBX1 answered 401 to %s; fetching a new session token", path)
                     self.auth.refresh_after_rejection(token)
@@ -108,15 +118,42 @@ class Cbx1Client:
                 error = exc
             backoff = next(delays, None)
             if backoff is None:
-                raise RequestFailedError(f"{error} (gave up after {attempts} attempts)") from None
+                raise self._gave_up(f"{error} (gave up after {attempts} attempts)")
             wait = self.policy.wait_for(backoff, error.retry_after)
             if wait is None:
-                raise RequestFailedError(
+                raise self._gave_up(
                     f"{error}; the server asked to retry after {error.retry_after:.0f} s, longer "
                     f"than retry_after_max_seconds ({self.policy.retry_after_max_seconds:.0f} s)"
-                ) from None
+                )
             logger.warning("%s failed (%s); retry %d in %.1f s", path, error, attempts, wait)
             sleep(wait)
+
+    def _post_once(self, path: str, body: bytes, token: str) -> requests.Response:
+        """One HTTP attempt; `in_flight` tells a signal handler to let it finish."""
+        self.in_flight = True
+        try:
+            return self.session.post(
+                self.url(path), data=body, headers={"Authorization": f"Bearer {token}"}, timeout=self.timeout
+            )
+        finally:
+            self.in_flight = False
+
+    def raise_if_stopping(self) -> None:
+        if self.stop_signal is not None:
+            raise StopRequested(self.stop_signal)
+
+    def _gave_up(self, message: str) -> RequestFailedError | ApiOutageError:
+        """The error for a request whose retries are spent: an outage once too many failed in a row."""
+        self.failures_in_a_row += 1
+        logger.error("Request failed after its retries: %s", message)
+        if self.failures_in_a_row < self.max_failures_in_a_row:
+            return RequestFailedError(message)
+        return ApiOutageError(
+            f"CBX1 looks down: {self.failures_in_a_row} requests in a row failed after all their "
+            f"retries (last: {message}). The run stopped; the state of what was written is printed. "
+            "Rerun the job once the API answers again: records that were not sent will be sent then.",
+            request_error=message,
+        )
 
     @staticmethod
     def _answer(response: requests.Response, action: Action) -> t.Any:
@@ -137,7 +174,7 @@ class Cbx1Client:
                 f"CBX1 refused the request (HTTP 403: {message}). The access key lacks permission "
                 "for this organisation or endpoint; ask a CBX1 admin to grant it."
             )
-        raise RequestFailedError(f"CBX1 rejected the request (HTTP {status}: {message})")
+        raise RejectedError(f"CBX1 rejected the request (HTTP {status}: {message})", status)
 
 
 def describe_network_error(exc: requests.RequestException, timeout: float) -> str:
@@ -180,6 +217,7 @@ class ApiSink(Sink):
         self.cbx1 = target
         self.client = target.client
         self.path = f"api/t/v1/targets/{quote(stream_name, safe='')}/{self.endpoint}"
+        self.upsert_path = f"api/t/v1/targets/{quote(stream_name, safe='')}/upsert"
         self.lookup = target.lookup_rule(stream_name, self.key_properties)
         self.options = PayloadOptions(target.settings.add_stream_key, target.settings.metadata)
         self.output_mapped_record = os.environ.get("OUTPUT_MAPPED_RECORD", "").lower() == "true"
@@ -205,8 +243,8 @@ class ApiSink(Sink):
         self.tally_record_read()
         self.record_counter_metric.increment()
         entry = self.cbx1.ledger.add(self.stream_name, record_hash(received), external_id_of(record))
-        if entry.original is not None:
-            return
+        if entry is None or entry.original is not None:
+            return  # written by an earlier run of this job, or identical to an earlier record
         if self.lookup is None:
             entry.fail(self.cbx1.missing_lookup_message(self.stream_name))
             return
@@ -228,12 +266,8 @@ class ApiSink(Sink):
     def enqueue(self, pending: Pending) -> None:
         """Send the record now, or keep it for the next request."""
 
-    @abc.abstractmethod
-    def request_body(self, batch: list[Pending]) -> t.Any:
-        """The JSON body of one request for these records."""
-
-    def send(self, batch: list[Pending]) -> t.Any:
-        """POST one request for these records (batch ids and mapped records stamped first)."""
+    def stamp(self, batch: list[Pending]) -> None:
+        """Give a new request's records their batch id and mapped record, when asked for."""
         chunk_batch_id = self.cbx1.next_batch_id(self.stream_name)
         for pending in batch:
             if chunk_batch_id is not None:
@@ -241,34 +275,54 @@ class ApiSink(Sink):
                 pending.entry.batch_id = chunk_batch_id
             if self.output_mapped_record:
                 pending.entry.mapped_record = pending.payload
-        return self.client.post(self.path, serialize_json(self.request_body(batch)).encode())
 
-    def exchange(self, batch: list[Pending], model: type[DataModel]) -> DataModel | None:
-        """Send the batch and read the answer's data as `model`; on failure every record fails."""
+    def exchange(
+        self, batch: list[Pending], model: type[DataModel], path: str, body: t.Any
+    ) -> DataModel | None:
+        """POST the body and read the answer's data as `model`; None when the request failed."""
         started = time.monotonic()
         try:
-            data = self.send(batch)
+            data = self.client.post(path, serialize_json(body).encode())
+        except ApiOutageError as exc:
+            self.fail_all(batch, path, started, exc.request_error)
+            raise
+        except RequestFailedError as exc:
+            self.request_failed(batch, path, started, exc)
+            return None
+        try:
             return model.model_validate(data if data is not None else {})
         except ValidationError:
-            error = f"CBX1 answered {self.path} without a readable data object"
-        except RequestFailedError as exc:
-            error = str(exc)
+            self.fail_all(batch, path, started, f"CBX1 answered {path} without a readable data object")
+            return None
+
+    def request_failed(
+        self, batch: list[Pending], path: str, started: float, exc: RequestFailedError
+    ) -> None:
+        """The whole request failed: each of its records fails with the reason."""
+        self.fail_all(batch, path, started, str(exc))
+
+    def fail_all(self, batch: list[Pending], path: str, started: float, error: str) -> None:
         for pending in batch:
             pending.entry.fail(error)
-        self.log_request(len(batch), started, len(batch), error)
-        return None
+        self.finish_request(path, len(batch), started, len(batch), error)
 
-    def log_request(self, count: int, started: float, failed: int, error: str | None = None) -> None:
-        """One INFO line per request (ERROR with the reason when the whole request failed)."""
+    def upsert_one(self, pending: Pending, path: str) -> None:
+        """Send one record to /upsert and record its outcome."""
+        started = time.monotonic()
+        answer = self.exchange([pending], UpsertData, path, pending.payload)
+        if answer is not None:
+            pending.entry.succeed(answer.id, updated=answer.updated)
+            self.finish_request(path, 1, started, 0)
+
+    def finish_request(
+        self, path: str, count: int, started: float, failed: int, error: str | None = None
+    ) -> None:
+        """Log the request (INFO, or ERROR with the reason when all of it failed), then checkpoint."""
         took = time.monotonic() - started
         if error is not None:
-            self.logger.error("%s: %d records failed in %.3f s: %s", self.path, count, took, error)
-            return
-        self.logger.info(
-            "%s: %d records in %.3f s: %d succeeded, %d failed",
-            self.path,
-            count,
-            took,
-            count - failed,
-            failed,
-        )
+            self.logger.error("%s: %d records failed in %.3f s: %s", path, count, took, error)
+        else:
+            self.logger.info(
+                "%s: %d records in %.3f s: %d succeeded, %d failed", path, count, took, count - failed, failed
+            )
+        self.cbx1.checkpoint()

@@ -9,6 +9,14 @@ class RequestFailedError(Exception):
     """A request did not succeed; its records fail with this message and the run goes on."""
 
 
+class RejectedError(RequestFailedError):
+    """CBX1 refused the request as wrong (400, 404, 405, 422...); repeating it would not help."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class TransientError(RequestFailedError):
     """A failure worth retrying (408, 429, 5xx, network); retry_after is the server's wish in s."""
 
@@ -19,3 +27,19 @@ class TransientError(RequestFailedError):
 
 class CredentialsError(FatalAPIError):
     """CBX1 refused the credentials or permissions: the run cannot go on."""
+
+
+class ApiOutageError(FatalAPIError):
+    """Too many requests in a row failed after all their retries: the API looks down, the run stops."""
+
+    def __init__(self, message: str, request_error: str) -> None:
+        super().__init__(message)
+        self.request_error = request_error
+
+
+class StopRequested(BaseException):
+    """A signal asked the run to stop; a BaseException so that no error handler swallows it."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name

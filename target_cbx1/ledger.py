@@ -6,6 +6,9 @@ import typing as t
 
 from singer_sdk.singerlib.json import serialize_json
 
+if t.TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
 SUMMARY_KEYS = ("success", "fail", "existing", "updated")
 
 
@@ -21,6 +24,7 @@ class Entry:
         "lookup_key",
         "mapped_record",
         "original",
+        "replaced",
         "success",
         "updated",
     )
@@ -36,6 +40,19 @@ class Entry:
         self.updated = False
         self.batch_id: str | None = None
         self.mapped_record: dict[str, t.Any] | None = None
+        self.replaced = False
+
+    @classmethod
+    def from_bookmark(cls, bookmark: t.Mapping[str, t.Any], original: Entry | None) -> Entry:
+        """An entry written by an earlier run of the job, as its state file holds it."""
+        entry = cls(str(bookmark.get("hash")), bookmark.get("externalId"), original)
+        entry.success = bool(bookmark.get("success"))
+        entry.id = bookmark.get("id")
+        entry.error = bookmark.get("error")
+        entry.lookup_key = bookmark.get("lookupKey")
+        entry.batch_id = bookmark.get("hgBatchId")
+        entry.mapped_record = bookmark.get("mapped_record")
+        return entry
 
     def succeed(self, cbx1_id: str | None, *, updated: bool = False) -> None:
         self.success, self.id, self.updated = True, cbx1_id, updated
@@ -49,8 +66,9 @@ class Entry:
         return self.original or self
 
     @property
-    def decided(self) -> bool:
-        return self.outcome.success is not None
+    def reported(self) -> bool:
+        """In the state: decided, and not replaced by a retry of the same record in a resumed run."""
+        return self.outcome.success is not None and not self.replaced
 
     @property
     def summary_key(self) -> str:
@@ -84,15 +102,45 @@ class StateLedger:
     def __init__(self) -> None:
         self._entries: dict[str, list[Entry]] = {}
         self._by_hash: dict[str, dict[str, Entry]] = {}
+        self._resumed: dict[str, dict[str, list[Entry]]] = {}
+
+    def seed(self, state: t.Mapping[str, t.Any]) -> int:
+        """Take in the entries of an earlier run of the same job; returns how many were taken."""
+        count = 0
+        for stream, bookmarks in state.get("bookmarks", {}).items():
+            self.open_stream(stream)
+            resumed = self._resumed.setdefault(stream, {})
+            for bookmark in bookmarks:
+                if not isinstance(bookmark, dict) or "hash" not in bookmark:
+                    continue
+                first = self._by_hash[stream].get(bookmark["hash"])
+                entry = Entry.from_bookmark(bookmark, first)
+                self._by_hash[stream].setdefault(entry.hash, entry)
+                self._entries[stream].append(entry)
+                resumed.setdefault(entry.hash, []).append(entry)
+                count += 1
+        return count
 
     def open_stream(self, stream: str) -> None:
         """Make the stream appear in the state (with zero counts) even before its first record."""
         self._entries.setdefault(stream, [])
         self._by_hash.setdefault(stream, {})
 
-    def add(self, stream: str, record_hash: str, external_id: t.Any) -> Entry:
-        """A new entry; `entry.original` is set when an identical record was seen before."""
+    def add(self, stream: str, record_hash: str, external_id: t.Any) -> Entry | None:
+        """A new entry (`original` set when an identical record came before in this job).
+
+        None when an earlier run of the job already wrote this record: it is not sent again. A record
+        that failed then is tried again, and its new entry replaces the old ones.
+        """
         self.open_stream(stream)
+        earlier = self._resumed.get(stream, {}).pop(record_hash, None)
+        if earlier is not None:
+            if earlier[0].outcome.success:
+                self._resumed[stream][record_hash] = earlier
+                return None
+            for entry in earlier:
+                entry.replaced = True
+            del self._by_hash[stream][record_hash]
         first = self._by_hash[stream].get(record_hash)
         entry = Entry(record_hash, external_id, original=first)
         if first is None:
@@ -103,17 +151,17 @@ class StateLedger:
     def summary(self, stream: str) -> dict[str, int]:
         counts = dict.fromkeys(SUMMARY_KEYS, 0)
         for entry in self._entries[stream]:
-            if entry.decided:
+            if entry.reported:
                 counts[entry.summary_key] += 1
         return counts
 
-    def write(self, out: t.TextIO) -> None:
-        """Write the state as one bare JSON line, entry by entry; undecided entries are left out."""
+    def write(self, out: SupportsWrite[str]) -> None:
+        """Write the state as one bare JSON line, entry by entry; only confirmed outcomes are in it."""
         out.write('{"bookmarks":{')
         for number, (stream, entries) in enumerate(self._entries.items()):
             out.write(("," if number else "") + serialize_json(stream) + ":[")
-            decided = (entry for entry in entries if entry.decided)
-            for position, entry in enumerate(decided):
+            reported = (entry for entry in entries if entry.reported)
+            for position, entry in enumerate(reported):
                 out.write(("," if position else "") + serialize_json(entry.as_bookmark()))
             out.write("]")
         out.write('},"summary":')

@@ -15,14 +15,15 @@ from target_cbx1.redaction import mask
 
 QUOTE_LENGTH = 200
 _TAG = re.compile(r"<[^>]*>")
+_HIDDEN = re.compile(r"<(head|script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _SPACE = re.compile(r"\s+")
 
 
 def body_start(response: requests.Response) -> str:
-    """The first characters of a body as readable text (tags dropped, secrets masked)."""
+    """The first characters of a body as readable text (head, scripts and tags dropped, secrets masked)."""
     text = response.text or ""
     if "<" in text and ">" in text:
-        text = _TAG.sub(" ", text)
+        text = _TAG.sub(" ", _HIDDEN.sub(" ", text))
     text = _SPACE.sub(" ", text).strip()
     if not text:
         return "(empty body)"

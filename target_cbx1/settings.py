@@ -147,6 +147,21 @@ CONFIG_SCHEMA: dict[str, t.Any] = th.PropertiesList(
         default=60,
         description="Seconds to wait for each HTTP response.",
     ),
+    th.Property(
+        "max_consecutive_request_failures",
+        th.IntegerType,
+        default=5,
+        description="Requests in a row that may fail after all their retries before the run stops "
+        "because the API looks down (the state so far is written; a rerun sends the rest).",
+    ),
+    th.Property(
+        "incremental_state_path",
+        th.StringType,
+        description="File kept current with the state while running (atomic replace), and read on "
+        "start to skip records already written. Default: HotGlue's "
+        "/home/hotglue/$JOB_ID/incremental_target_state.json when JOB_ID is set and that folder "
+        "exists; otherwise off.",
+    ),
 ).to_dict()
 
 
@@ -180,6 +195,8 @@ class Settings(BaseModel):
     backoff_max_seconds: float = Field(ge=0)
     retry_after_max_seconds: float = Field(ge=0)
     timeout: float = Field(gt=0)
+    max_consecutive_request_failures: int = Field(ge=1)
+    incremental_state_path: str | None = None
 
     @field_validator("org_id", mode="before")
     @classmethod

@@ -8,11 +8,15 @@ import typing as t
 from singer_sdk import sinks as sdk_sinks
 
 from target_cbx1.client import ApiSink, Pending
-from target_cbx1.models import BulkData, BulkResult, UpsertData
+from target_cbx1.errors import RejectedError, RequestFailedError
+from target_cbx1.models import BulkData, BulkResult
 from target_cbx1.records import RecordRejectedError
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
+
+# Rejections of a whole /bulk request that one bad record can cause: its records are then sent alone.
+ISOLATED_STATUSES = frozenset({400, 422})
 
 
 def chunks_with_distinct_keys(queue: list[Pending], size: int) -> Iterator[list[Pending]]:
@@ -55,12 +59,10 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         for chunk in chunks_with_distinct_keys(queue, self.max_size):
             self._send_chunk(chunk)
 
-    def request_body(self, batch: list[Pending]) -> list[dict[str, t.Any]]:
-        return [pending.payload for pending in batch]
-
     def _send_chunk(self, chunk: list[Pending]) -> None:
         started = time.monotonic()
-        answer = self.exchange(chunk, BulkData)
+        self.stamp(chunk)
+        answer = self.exchange(chunk, BulkData, self.path, [pending.payload for pending in chunk])
         if answer is None:
             return
         by_key = self._results_by_key(answer.results)
@@ -78,7 +80,23 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         if by_key:
             self.logger.warning("CBX1 returned results for keys not sent: %s", sorted(by_key))
         failed = sum(not pending.entry.success for pending in chunk)
-        self.log_request(len(chunk), started, failed)
+        self.finish_request(self.path, len(chunk), started, failed)
+
+    def request_failed(
+        self, batch: list[Pending], path: str, started: float, exc: RequestFailedError
+    ) -> None:
+        """A /bulk request rejected as a whole is split: each record goes alone to /upsert."""
+        if not (isinstance(exc, RejectedError) and exc.status in ISOLATED_STATUSES and len(batch) > 1):
+            super().request_failed(batch, path, started, exc)
+            return
+        self.logger.warning(
+            "%s: %s; sending its %d records one by one to /upsert so that only the bad ones fail",
+            path,
+            exc,
+            len(batch),
+        )
+        for pending in batch:
+            self.upsert_one(pending, self.upsert_path)
 
     def _results_by_key(self, results: list[BulkResult]) -> dict[str, BulkResult]:
         """Results keyed by their normalised lookupKey, as the records were."""
@@ -99,11 +117,5 @@ class RecordSink(ApiSink, sdk_sinks.RecordSink):
     endpoint = "upsert"
 
     def enqueue(self, pending: Pending) -> None:
-        started = time.monotonic()
-        answer = self.exchange([pending], UpsertData)
-        if answer is not None:
-            pending.entry.succeed(answer.id, updated=answer.updated)
-            self.log_request(1, started, 0)
-
-    def request_body(self, batch: list[Pending]) -> dict[str, t.Any]:
-        return batch[0].payload
+        self.stamp([pending])
+        self.upsert_one(pending, self.path)

@@ -5,19 +5,23 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 import typing as t
 from pathlib import Path
 
 import click
-from singer_sdk.exceptions import ConfigValidationError, InvalidJSONSchema
+from singer_sdk.exceptions import ConfigValidationError, FatalAPIError, InvalidJSONSchema
 from singer_sdk.helpers.capabilities import TARGET_VALIDATE_RECORDS_CONFIG
 from singer_sdk.target_base import Target
 
 from target_cbx1.client import Cbx1Client, batch_id
-from target_cbx1.errors import CredentialsError
+from target_cbx1.errors import StopRequested
+from target_cbx1.incremental import IncrementalStateFile, state_file_path
 from target_cbx1.ledger import StateLedger
+from target_cbx1.reader import INPUT_ERRORS, NumberedLineReader
 from target_cbx1.records import LookupRule, lookup_rule_for
 from target_cbx1.redaction import install_log_masking
 from target_cbx1.settings import CONFIG_SCHEMA, Settings
@@ -30,6 +34,8 @@ if t.TYPE_CHECKING:
     from singer_sdk.sinks import Sink
 
 CONFIG_PATHS = "target_cbx1.config_paths"
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+STOP_GRACE_SECONDS = 5.0
 
 
 class TargetCBX1(Target):
@@ -38,6 +44,7 @@ class TargetCBX1(Target):
     name = "target-cbx1"
     config_jsonschema = CONFIG_SCHEMA
     default_sink_class = BatchSink
+    message_reader_class = NumberedLineReader
 
     def __init__(
         self,
@@ -58,11 +65,28 @@ class TargetCBX1(Target):
             message_reader=message_reader,
         )
         self.settings = Settings.from_config(self.config)
+        self.max_parallelism = 1  # streams are drained one after the other, in a known order
         self.ledger = StateLedger()
         self._config_path = config_path
         self.client = Cbx1Client(self.settings, on_new_token=self._write_back_token)
         self._streams_without_lookup: set[str] = set()
         self._chunk_counts: dict[str, int] = {}
+        self._finishing = False
+        t.cast("NumberedLineReader", self.message_reader).before_line = self.client.raise_if_stopping
+        path = state_file_path(self.settings.incremental_state_path)
+        self.incremental = IncrementalStateFile(path) if path else None
+        self._resume()
+
+    def _resume(self) -> None:
+        """Seed the state from the incremental file an interrupted run of this job left."""
+        earlier = self.incremental.load() if self.incremental else None
+        if earlier is not None and self.incremental is not None:
+            count = self.ledger.seed(earlier)
+            self.logger.info(
+                "Resuming from %s: %d entries of an earlier run; records it wrote are not sent again",
+                self.incremental.path,
+                count,
+            )
 
     # Routing and per-stream rules
 
@@ -141,20 +165,47 @@ class TargetCBX1(Target):
         super().process_endofpipe()
         self.write_state()
 
-    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
-        """SIGTERM/SIGINT: send what is queued, print the state of confirmed outcomes, exit.
+    def _setup_signal_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                if hasattr(signal, name):
+                    signal.signal(getattr(signal, name), self._handle_termination)
 
-        An error while sending propagates to `invoke`, which prints the state and exits non-zero.
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT/SIGUSR1: read no more and send nothing new; `invoke` writes the state.
+
+        A request in flight gets STOP_GRACE_SECONDS to finish, so that its outcome is known.
         """
-        self.logger.info("Received signal %d: sending queued records, then writing the state", signum)
-        self.drain_all(is_endofpipe=True)
-        self.write_state()
-        sys.exit(0)
+        if self._finishing:
+            return
+        name = signal.Signals(signum).name
+        if self.client.stop_signal is None:
+            self.logger.warning("Received %s: stopping; only confirmed outcomes go into the state", name)
+        self.client.stop_signal = name
+        if not self.client.in_flight:
+            raise StopRequested(name)
+        signal.signal(signal.SIGALRM, self._abandon_request)
+        signal.setitimer(signal.ITIMER_REAL, STOP_GRACE_SECONDS)
+
+    def _abandon_request(self, signum: int, frame: FrameType | None) -> None:
+        if self.client.in_flight and not self._finishing and self.client.stop_signal:
+            self.logger.warning("The request in flight took over %.0f s; abandoning it", STOP_GRACE_SECONDS)
+            raise StopRequested(self.client.stop_signal)
+
+    def checkpoint(self) -> None:
+        """After each request: refresh the incremental state file when it is due."""
+        if self.incremental is not None:
+            self.incremental.save_if_due(self.ledger)
 
     def write_state(self) -> None:
-        """Print the HotGlue state line (the last line of stdout)."""
+        """Print the HotGlue state line (the last line of stdout) and save the incremental file."""
+        self._finishing = True
+        if hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, 0)
         self.ledger.write(sys.stdout)
         sys.stdout.flush()
+        if self.incremental is not None:
+            self.incremental.save(self.ledger)
 
     # Config
 
@@ -218,7 +269,15 @@ class TargetCBX1(Target):
             sys.exit(1)
         try:
             target.listen(file_input)
-        except CredentialsError as exc:
+        except StopRequested as stop:
+            target.write_state()
+            cls.logger.warning(
+                "Stopped by %s. The state holds every confirmed outcome; records not yet sent have no "
+                "entry, and the next run sends them.",
+                stop.signal_name,
+            )
+            sys.exit(0)
+        except (FatalAPIError, *INPUT_ERRORS) as exc:
             target.write_state()
             cls.logger.error("%s", exc)
             sys.exit(1)

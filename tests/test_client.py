@@ -14,6 +14,7 @@ from tests.conftest import (
     API,
     account,
     bulk_answer,
+    cbx1_id,
     fixture_json,
     fixture_text,
     make_config,
@@ -24,6 +25,7 @@ from tests.conftest import (
 )
 
 BULK = f"{API}/api/t/v1/targets/accounts/bulk"
+UPSERT = f"{API}/api/t/v1/targets/accounts/upsert"
 MESSAGES = [schema("accounts"), account(1), account(2)]
 
 
@@ -124,15 +126,38 @@ def test_retry_after_longer_than_the_cap_fails_the_request(api, capsys, sleeps):
     assert "retry_after_max_seconds" in error
 
 
-@pytest.mark.parametrize("status", [400, 404, 405, 422])
-def test_client_errors_are_not_retried(api, capsys, sleeps, status):
-    api.post(BULK, status_code=status, json={"status": {"code": "VL400", "message": "domain is malformed"}})
+@pytest.mark.parametrize("status", [404, 405])
+def test_wrong_endpoint_answers_are_not_retried(api, capsys, sleeps, status):
+    api.post(BULK, status_code=status, json={"status": {"code": "CM404", "message": "No such target"}})
 
     state = run_target(make_config(), MESSAGES, capsys).state
 
     assert len(posted(api)) == 1
     assert sleeps == []
-    assert all(f"HTTP {status}: domain is malformed" in e["error"] for e in only_entries(state))
+    assert all(f"HTTP {status}: No such target" in e["error"] for e in only_entries(state))
+
+
+@pytest.mark.parametrize("status", [400, 422])
+def test_rejected_bulk_is_split_into_single_upserts_so_only_the_bad_record_fails(api, capsys, sleeps, status):
+    api.post(BULK, status_code=status, json={"status": {"code": "VL400", "message": "domain is malformed"}})
+    bad_domain = "company1.com"
+
+    def upsert(request, context):
+        if request.json()["domain"] == bad_domain:
+            context.status_code = status
+            return {"status": {"code": "VL400", "message": "domain is malformed"}}
+        return {"status": {"code": "CM000"}, "data": {"id": cbx1_id(request.json()["domain"])}}
+
+    api.post(UPSERT, json=upsert)
+
+    entries = only_entries(run_target(make_config(), MESSAGES, capsys).state)
+
+    assert len(posted(api)) == 1
+    assert sleeps == []
+    assert [e["success"] for e in entries] == [e["lookupKey"] != bad_domain for e in entries]
+    bad = next(e for e in entries if e["lookupKey"] == bad_domain)
+    assert bad["error"] == f"CBX1 rejected the request (HTTP {status}: domain is malformed)"
+    assert len(posted(api, "/upsert")) == len(entries)
 
 
 def test_envelope_other_than_cm000_fails_with_its_message(api, capsys):

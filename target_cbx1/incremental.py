@@ -1,0 +1,86 @@
+"""HotGlue's incremental state file: kept current while running, read on start to resume a job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import typing as t
+from pathlib import Path
+
+from singer_sdk.singerlib.json import deserialize_json
+
+if t.TYPE_CHECKING:
+    from target_cbx1.ledger import StateLedger
+
+HOTGLUE_HOME = Path("/home/hotglue")
+FILE_NAME = "incremental_target_state.json"
+SAVE_INTERVAL_SECONDS = 2.0
+
+logger = logging.getLogger("target-cbx1.incremental")
+
+
+def state_file_path(setting: str | None) -> Path | None:
+    """incremental_state_path, else HotGlue's file when JOB_ID is set and its folder exists, else None."""
+    if setting:
+        return Path(setting)
+    job_id = os.environ.get("JOB_ID")
+    if job_id and (HOTGLUE_HOME / job_id).is_dir():
+        return HOTGLUE_HOME / job_id / FILE_NAME
+    return None
+
+
+class IncrementalStateFile:
+    """The state of a running job on disk, replaced atomically so that a reader never sees half of it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._saved_at = time.monotonic()
+        self._warned = False
+
+    def load(self) -> dict[str, t.Any] | None:
+        """The state an earlier run of the job left, or None (no file, or one that cannot be used)."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            logger.warning("Cannot read the incremental state %s (%s); starting afresh", self.path, exc)
+            return None
+        try:
+            state = deserialize_json(text) if text.strip() else None
+        except ValueError as exc:
+            logger.warning("The incremental state %s is not valid JSON (%s); starting afresh", self.path, exc)
+            return None
+        if not isinstance(state, dict) or not isinstance(state.get("bookmarks"), dict):
+            if state is not None:
+                logger.warning("The incremental state %s has no bookmarks; starting afresh", self.path)
+            return None
+        return state
+
+    def save_if_due(self, ledger: StateLedger) -> None:
+        """Save when the last save is more than SAVE_INTERVAL_SECONDS old."""
+        if time.monotonic() - self._saved_at >= SAVE_INTERVAL_SECONDS:
+            self.save(ledger)
+
+    def save(self, ledger: StateLedger) -> None:
+        """Write the state to a temporary file beside the real one, then swap it in."""
+        self._saved_at = time.monotonic()
+        temp_name = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(
+                "w", dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp", delete=False
+            ) as temp:
+                temp_name = temp.name
+                ledger.write(temp)
+            os.replace(temp_name, self.path)
+            temp_name = None
+        except OSError as exc:
+            if not self._warned:
+                logger.warning("Cannot write the incremental state %s (%s); the run goes on", self.path, exc)
+                self._warned = True
+        finally:
+            if temp_name is not None:
+                Path(temp_name).unlink(missing_ok=True)
