@@ -6,6 +6,7 @@ import abc
 import hashlib
 import logging
 import os
+import threading
 import time
 import typing as t
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from urllib.parse import quote, urljoin
 
 import requests
 from pydantic import BaseModel, ValidationError
+from requests.adapters import HTTPAdapter
 from singer_sdk.exceptions import InvalidRecord, MissingKeyPropertiesError
 from singer_sdk.singerlib.json import serialize_json
 from singer_sdk.sinks import Sink
@@ -28,6 +30,8 @@ from target_cbx1.errors import (
     TransientError,
 )
 from target_cbx1.models import UpsertData
+from target_cbx1.pipeline import RequestPool
+from target_cbx1.ratelimit import RateLimiter
 from target_cbx1.records import (
     PayloadOptions,
     RecordRejectedError,
@@ -70,10 +74,15 @@ class Cbx1Client:
             max_seconds=settings.backoff_max_seconds,
             retry_after_max_seconds=settings.retry_after_max_seconds,
         )
+        connections = HTTPAdapter(pool_maxsize=max(10, 4 * settings.max_concurrency))
+        self.session.mount("https://", connections)
+        self.session.mount("http://", connections)
+        self.rate = RateLimiter(settings.max_requests_per_second)
         self.max_failures_in_a_row = settings.max_consecutive_request_failures
         self.failures_in_a_row = 0
+        self.outage: ApiOutageError | None = None
         self.stop_signal: str | None = None
-        self.in_flight = False
+        self._lock = threading.Lock()
         self.auth = SessionTokenAuth(
             self.session,
             self.url(TOKEN_PATH),
@@ -106,6 +115,8 @@ class Cbx1Client:
                 action = action_for(response.status_code)
                 if action is not Action.RETRY:
                     self.failures_in_a_row = 0
+                if response.status_code == 429:
+                    self.rate.slow_down()
                 if action is Action.REFRESH_TOKEN and not token_refreshed:
                     logger.info("CBX1 answered 401 to %s; fetching a new session token", path)
                     self.auth.refresh_after_rejection(token)
@@ -129,31 +140,34 @@ class Cbx1Client:
             sleep(wait)
 
     def _post_once(self, path: str, body: bytes, token: str) -> requests.Response:
-        """One HTTP attempt; `in_flight` tells a signal handler to let it finish."""
-        self.in_flight = True
-        try:
-            return self.session.post(
-                self.url(path), data=body, headers={"Authorization": f"Bearer {token}"}, timeout=self.timeout
-            )
-        finally:
-            self.in_flight = False
+        """One HTTP attempt, within the rate limit."""
+        self.rate.acquire()
+        return self.session.post(
+            self.url(path), data=body, headers={"Authorization": f"Bearer {token}"}, timeout=self.timeout
+        )
 
     def raise_if_stopping(self) -> None:
+        """Before anything new is read or sent: stop for a signal (or a fatal error), or an outage."""
         if self.stop_signal is not None:
             raise StopRequested(self.stop_signal)
+        if self.outage is not None:
+            raise ApiOutageError(str(self.outage), request_error=None)
 
     def _gave_up(self, message: str) -> RequestFailedError | ApiOutageError:
         """The error for a request whose retries are spent: an outage once too many failed in a row."""
-        self.failures_in_a_row += 1
+        with self._lock:
+            self.failures_in_a_row += 1
+            failures = self.failures_in_a_row
         logger.error("Request failed after its retries: %s", message)
-        if self.failures_in_a_row < self.max_failures_in_a_row:
+        if failures < self.max_failures_in_a_row:
             return RequestFailedError(message)
-        return ApiOutageError(
-            f"CBX1 looks down: {self.failures_in_a_row} requests in a row failed after all their "
+        self.outage = ApiOutageError(
+            f"CBX1 looks down: {failures} requests in a row failed after all their "
             f"retries (last: {message}). The run stopped; the state of what was written is printed. "
             "Rerun the job once the API answers again: records that were not sent will be sent then.",
             request_error=message,
         )
+        return self.outage
 
     @staticmethod
     def _answer(response: requests.Response, action: Action) -> t.Any:
@@ -221,6 +235,9 @@ class ApiSink(Sink):
         self.lookup = target.lookup_rule(stream_name, self.key_properties)
         self.options = PayloadOptions(target.settings.add_stream_key, target.settings.metadata)
         self.output_mapped_record = os.environ.get("OUTPUT_MAPPED_RECORD", "").lower() == "true"
+        self.requests = RequestPool(
+            target.settings.max_concurrency, f"cbx1-{stream_name}", lambda: self.client.stop_signal
+        )
         target.ledger.open_stream(stream_name)
 
     def _singer_validate_message(self, record: dict) -> None:
@@ -284,7 +301,8 @@ class ApiSink(Sink):
         try:
             data = self.client.post(path, serialize_json(body).encode())
         except ApiOutageError as exc:
-            self.fail_all(batch, path, started, exc.request_error)
+            if exc.request_error is not None:  # this request was tried; others never were
+                self.fail_all(batch, path, started, exc.request_error)
             raise
         except RequestFailedError as exc:
             self.request_failed(batch, path, started, exc)

@@ -30,9 +30,12 @@ class CredentialsError(FatalAPIError):
 
 
 class ApiOutageError(FatalAPIError):
-    """Too many requests in a row failed after all their retries: the API looks down, the run stops."""
+    """Too many requests in a row failed after all their retries: the API looks down, the run stops.
 
-    def __init__(self, message: str, request_error: str) -> None:
+    `request_error` is the failing request's own error; None for a request stopped before it was sent.
+    """
+
+    def __init__(self, message: str, request_error: str | None) -> None:
         super().__init__(message)
         self.request_error = request_error
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
 import typing as t
 from pathlib import Path
@@ -38,6 +39,7 @@ class IncrementalStateFile:
         self.path = path
         self._saved_at = time.monotonic()
         self._warned = False
+        self._lock = threading.Lock()
 
     def load(self) -> dict[str, t.Any] | None:
         """The state an earlier run of the job left, or None (no file, or one that cannot be used)."""
@@ -65,7 +67,11 @@ class IncrementalStateFile:
             self.save(ledger)
 
     def save(self, ledger: StateLedger) -> None:
-        """Write the state to a temporary file beside the real one, then swap it in."""
+        """Write the state to a temporary file beside the real one, then swap it in (one save at a time)."""
+        with self._lock:
+            self._save(ledger)
+
+    def _save(self, ledger: StateLedger) -> None:
         self._saved_at = time.monotonic()
         temp_name = None
         try:

@@ -66,11 +66,6 @@ class Entry:
         return self.original or self
 
     @property
-    def reported(self) -> bool:
-        """In the state: decided, and not replaced by a retry of the same record in a resumed run."""
-        return self.outcome.success is not None and not self.replaced
-
-    @property
     def summary_key(self) -> str:
         if self.original is not None:
             return "existing"
@@ -148,20 +143,30 @@ class StateLedger:
         self._entries[stream].append(entry)
         return entry
 
+    def confirmed(self, stream: str) -> t.Iterator[Entry]:
+        """The stream's entries up to the first whose outcome is still unknown, in input order.
+
+        Nothing is reported ahead of a record whose request has not completed.
+        """
+        for entry in self._entries[stream]:
+            if entry.replaced:
+                continue
+            if entry.outcome.success is None:
+                return
+            yield entry
+
     def summary(self, stream: str) -> dict[str, int]:
         counts = dict.fromkeys(SUMMARY_KEYS, 0)
-        for entry in self._entries[stream]:
-            if entry.reported:
-                counts[entry.summary_key] += 1
+        for entry in self.confirmed(stream):
+            counts[entry.summary_key] += 1
         return counts
 
     def write(self, out: SupportsWrite[str]) -> None:
         """Write the state as one bare JSON line, entry by entry; only confirmed outcomes are in it."""
         out.write('{"bookmarks":{')
-        for number, (stream, entries) in enumerate(self._entries.items()):
+        for number, stream in enumerate(list(self._entries)):
             out.write(("," if number else "") + serialize_json(stream) + ":[")
-            reported = (entry for entry in entries if entry.reported)
-            for position, entry in enumerate(reported):
+            for position, entry in enumerate(self.confirmed(stream)):
                 out.write(("," if position else "") + serialize_json(entry.as_bookmark()))
             out.write("]")
         out.write('},"summary":')

@@ -148,6 +148,19 @@ CONFIG_SCHEMA: dict[str, t.Any] = th.PropertiesList(
         description="Seconds to wait for each HTTP response.",
     ),
     th.Property(
+        "max_concurrency",
+        th.IntegerType,
+        default=8,
+        description="Requests in flight at once per stream (1: strictly one at a time). Records with the "
+        "same lookup key are never in flight together, and the state keeps input order.",
+    ),
+    th.Property(
+        "max_requests_per_second",
+        th.NumberType,
+        description="Client-side ceiling on requests started in any one-second window, for the whole run "
+        "(default: none). A 429 halves the rate, which then grows back gradually.",
+    ),
+    th.Property(
         "max_consecutive_request_failures",
         th.IntegerType,
         default=5,
@@ -196,6 +209,8 @@ class Settings(BaseModel):
     retry_after_max_seconds: float = Field(ge=0)
     timeout: float = Field(gt=0)
     max_consecutive_request_failures: int = Field(ge=1)
+    max_concurrency: int = Field(ge=1)
+    max_requests_per_second: float | None = Field(default=None, gt=0)
     incremental_state_path: str | None = None
 
     @field_validator("org_id", mode="before")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import typing as t
+from functools import partial
 
 from singer_sdk import sinks as sdk_sinks
 
@@ -54,14 +55,16 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         self._queue.append(pending)
 
     def process_batch(self, context: dict) -> None:
-        """Send everything queued, in input order."""
+        """Hand everything queued to the request pool, chunk by chunk in input order."""
         queue, self._queue = self._queue, []
         for chunk in chunks_with_distinct_keys(queue, self.max_size):
-            self._send_chunk(chunk)
+            self.stamp(chunk)
+            self.requests.submit(
+                frozenset(pending.key for pending in chunk), partial(self._send_chunk, chunk)
+            )
 
     def _send_chunk(self, chunk: list[Pending]) -> None:
         started = time.monotonic()
-        self.stamp(chunk)
         answer = self.exchange(chunk, BulkData, self.path, [pending.payload for pending in chunk])
         if answer is None:
             return
@@ -118,4 +121,4 @@ class RecordSink(ApiSink, sdk_sinks.RecordSink):
 
     def enqueue(self, pending: Pending) -> None:
         self.stamp([pending])
-        self.upsert_one(pending, self.path)
+        self.requests.submit(frozenset({pending.key}), partial(self.upsert_one, pending, self.path))

@@ -9,6 +9,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import typing as t
 from pathlib import Path
 
@@ -35,7 +36,7 @@ if t.TYPE_CHECKING:
 
 CONFIG_PATHS = "target_cbx1.config_paths"
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
-STOP_GRACE_SECONDS = 5.0
+STOP_GRACE_SECONDS = 5.0  # how long requests in flight may take to finish after a stop signal
 
 
 class TargetCBX1(Target):
@@ -155,6 +156,7 @@ class TargetCBX1(Target):
             sink = self._sinks_active.get(stream_map.stream_alias)
             if (schema_changed or keys_changed) and sink is not None:
                 self.drain_one(sink)
+                t.cast("BatchSink | RecordSink", sink).requests.wait()
         super()._process_schema_message(message_dict)
 
     def _process_state_message(self, message_dict: dict) -> None:
@@ -162,7 +164,10 @@ class TargetCBX1(Target):
         self._assert_line_requires(message_dict, requires={"value"})
 
     def process_endofpipe(self) -> None:
+        """Send what is queued, wait for every request in flight, then write the state."""
         super().process_endofpipe()
+        for sink in list(self._sinks_active.values()):
+            t.cast("BatchSink | RecordSink", sink).requests.wait()
         self.write_state()
 
     def _setup_signal_handlers(self) -> None:
@@ -172,25 +177,27 @@ class TargetCBX1(Target):
                     signal.signal(getattr(signal, name), self._handle_termination)
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
-        """SIGTERM/SIGINT/SIGUSR1: read no more and send nothing new; `invoke` writes the state.
-
-        A request in flight gets STOP_GRACE_SECONDS to finish, so that its outcome is known.
-        """
+        """SIGTERM/SIGINT/SIGUSR1: read no more and send nothing new; `invoke` writes the state."""
         if self._finishing:
             return
         name = signal.Signals(signum).name
-        if self.client.stop_signal is None:
-            self.logger.warning("Received %s: stopping; only confirmed outcomes go into the state", name)
+        self.logger.warning("Received %s: stopping; only confirmed outcomes go into the state", name)
         self.client.stop_signal = name
-        if not self.client.in_flight:
-            raise StopRequested(name)
-        signal.signal(signal.SIGALRM, self._abandon_request)
-        signal.setitimer(signal.ITIMER_REAL, STOP_GRACE_SECONDS)
+        raise StopRequested(name)
 
-    def _abandon_request(self, signum: int, frame: FrameType | None) -> None:
-        if self.client.in_flight and not self._finishing and self.client.stop_signal:
-            self.logger.warning("The request in flight took over %.0f s; abandoning it", STOP_GRACE_SECONDS)
-            raise StopRequested(self.client.stop_signal)
+    def settle(self, stop_reason: str | None, timeout: float | None = None) -> None:
+        """Wait for the requests handed to the pools, at most `timeout` seconds (None: all they need).
+
+        With a `stop_reason`, requests not yet started are dropped and retries end.
+        """
+        self._finishing = True
+        if stop_reason is not None and self.client.stop_signal is None:
+            self.client.stop_signal = stop_reason
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for sink in list(self._sinks_active.values()):
+            if not t.cast("BatchSink | RecordSink", sink).requests.settle(deadline):
+                self.logger.warning("Requests still in flight after %.0f s were abandoned", timeout or 0)
+                return
 
     def checkpoint(self) -> None:
         """After each request: refresh the incremental state file when it is due."""
@@ -200,8 +207,6 @@ class TargetCBX1(Target):
     def write_state(self) -> None:
         """Print the HotGlue state line (the last line of stdout) and save the incremental file."""
         self._finishing = True
-        if hasattr(signal, "setitimer"):
-            signal.setitimer(signal.ITIMER_REAL, 0)
         self.ledger.write(sys.stdout)
         sys.stdout.flush()
         if self.incremental is not None:
@@ -270,6 +275,7 @@ class TargetCBX1(Target):
         try:
             target.listen(file_input)
         except StopRequested as stop:
+            target.settle(stop.signal_name, STOP_GRACE_SECONDS)
             target.write_state()
             cls.logger.warning(
                 "Stopped by %s. The state holds every confirmed outcome; records not yet sent have no "
@@ -277,7 +283,13 @@ class TargetCBX1(Target):
                 stop.signal_name,
             )
             sys.exit(0)
-        except (FatalAPIError, *INPUT_ERRORS) as exc:
+        except FatalAPIError as exc:
+            target.settle(type(exc).__name__)
+            target.write_state()
+            cls.logger.error("%s", exc)
+            sys.exit(1)
+        except INPUT_ERRORS as exc:
+            target.settle(None)
             target.write_state()
             cls.logger.error("%s", exc)
             sys.exit(1)

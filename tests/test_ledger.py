@@ -151,14 +151,17 @@ def test_same_hash_in_another_stream_is_not_a_duplicate() -> None:
     assert state_of(ledger)["summary"]["contacts"]["existing"] == 0
 
 
-def test_undecided_entries_are_left_out_of_bookmarks_and_summary() -> None:
+def test_nothing_is_reported_ahead_of_a_record_still_in_flight() -> None:
     ledger = StateLedger()
     ledger.add("accounts", "h1", "A1").succeed("id-1")
-    ledger.add("accounts", "h2", "A2")  # still in flight
-    ledger.add("accounts", "h3", "A3").fail("boom")
+    in_flight = ledger.add("accounts", "h2", "A2")
+    ledger.add("accounts", "h3", "A3").fail("boom")  # decided, but after h2 in input order
     state = state_of(ledger)
-    assert [b["hash"] for b in state["bookmarks"]["accounts"]] == ["h1", "h3"]
-    assert state["summary"]["accounts"] == {"success": 1, "fail": 1, "existing": 0, "updated": 0}
+    assert [b["hash"] for b in state["bookmarks"]["accounts"]] == ["h1"]
+    assert state["summary"]["accounts"] == {"success": 1, "fail": 0, "existing": 0, "updated": 0}
+
+    in_flight.succeed("id-2")
+    assert [b["hash"] for b in state_of(ledger)["bookmarks"]["accounts"]] == ["h1", "h2", "h3"]
 
 
 def test_summary_counts_sum_to_number_of_bookmark_entries() -> None:
@@ -168,6 +171,7 @@ def test_summary_counts_sum_to_number_of_bookmark_entries() -> None:
     ledger.add("accounts", "h2", None).succeed("2", updated=True)
     ledger.add("accounts", "h3", None).fail("bad")
     ledger.add("accounts", "h4", None)  # undecided
+    ledger.add("accounts", "h5", None).fail("after the undecided one")
     ledger.add("contacts", "c1", None).fail("bad")
     state = state_of(ledger)
     for stream, bookmarks in state["bookmarks"].items():

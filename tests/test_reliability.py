@@ -81,7 +81,7 @@ def test_retry_after_beyond_the_cap_fails_the_request(sandbox, tmp_path):
 def test_spent_retries_fail_the_records_with_the_last_error_and_the_run_goes_on(sandbox, tmp_path):
     sandbox.add_fault("503*3")
     schema = {**ACCOUNTS_SCHEMA}
-    config = sandbox_config(sandbox, max_retries=2, batch_size=2)
+    config = sandbox_config(sandbox, max_retries=2, batch_size=2, max_concurrency=1)
 
     result = run_command(config, tmp_path, lines_of([schema, *accounts(4)]))
 
@@ -98,6 +98,7 @@ def test_an_outage_stops_the_run_with_the_state_so_far(sandbox, tmp_path):
         sandbox,
         max_retries=1,
         max_consecutive_request_failures=2,
+        max_concurrency=1,
         incremental_state_path=str(state_file),
     )
     sandbox.add_fault("omit=0")  # the first chunk lands
@@ -265,7 +266,8 @@ def test_a_killed_run_resumes_from_the_incremental_file_without_sending_twice(tm
     input_file.write_text(text)
     with Sandbox(access_key=ACCESS_KEY, org_id=ORG_ID, latency_ms=150) as sandbox:
         config_file = tmp_path / "config.json"
-        config_file.write_text(json.dumps(sandbox_config(sandbox, incremental_state_path=str(state_file))))
+        config = sandbox_config(sandbox, incremental_state_path=str(state_file), max_concurrency=1)
+        config_file.write_text(json.dumps(config))
         with input_file.open() as stdin:
             process = subprocess.Popen(
                 [COMMAND, "--config", str(config_file)],
@@ -307,7 +309,9 @@ def assert_no_partial_claims(entries: list[dict], sandbox) -> None:
 
 def test_failed_records_are_retried_on_resume_and_replace_their_old_entries(sandbox, tmp_path):
     state_file = tmp_path / "state.json"
-    config = sandbox_config(sandbox, incremental_state_path=str(state_file), max_retries=0, batch_size=2)
+    config = sandbox_config(
+        sandbox, incremental_state_path=str(state_file), max_retries=0, batch_size=2, max_concurrency=1
+    )
     sandbox.add_fault("503")
     first = run_command(config, tmp_path, accounts_input(4))
     assert [entry["success"] for entry in first.entries("accounts")] == [False, False, True, True]
@@ -379,7 +383,7 @@ def test_a_request_hanging_at_the_signal_is_abandoned_after_the_grace_time(sandb
     sandbox.add_fault("omit=0")
     sandbox.add_fault("slow=20")
     config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(sandbox_config(sandbox)))
+    config_file.write_text(json.dumps(sandbox_config(sandbox, max_concurrency=1)))
     process = subprocess.Popen(
         [COMMAND, "--config", str(config_file)],
         stdin=subprocess.PIPE,
@@ -404,7 +408,7 @@ def test_a_request_hanging_at_the_signal_is_abandoned_after_the_grace_time(sandb
     assert process.returncode == 0, stderr
     entries = json.loads(stdout.splitlines()[-1])["bookmarks"]["accounts"]
     assert len(entries) == 20  # the slow chunk's outcome is unknown, so its records have no entry
-    assert "abandoning it" in stderr
+    assert "Requests still in flight after 5 s were abandoned" in stderr
 
 
 # Secrets

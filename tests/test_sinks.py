@@ -37,7 +37,7 @@ def test_records_are_chunked_by_batch_size_in_input_order(api, capsys):
     api.post(BULK_ACCOUNTS, json=bulk_answer())
     messages = [schema("accounts"), *(account(n) for n in range(7))]
 
-    run = run_target(make_config(batch_size=3), messages, capsys)
+    run = run_target(make_config(batch_size=3, max_concurrency=1), messages, capsys)
 
     bodies = posted(api)
     assert [len(body) for body in bodies] == [3, 3, 1]

@@ -1,0 +1,100 @@
+"""A stream's requests in flight: up to `size` at once, never two with the same lookup key."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import typing as t
+
+from target_cbx1.errors import StopRequested
+
+Work = t.Callable[[], None]
+
+
+class RequestPool:
+    """Runs requests on up to `size` daemon threads while the caller goes on reading input.
+
+    A request waits until fewer than `size` are in flight and none of them holds one of its lookup
+    keys, so the upserts of one key stay in input order. An error that must stop the run (an outage,
+    refused credentials, a signal) is raised again in the caller's thread at its next call.
+    """
+
+    def __init__(self, size: int, name: str, stop_signal: t.Callable[[], str | None]) -> None:
+        self.size = size
+        self.name = name
+        self._stop_signal = stop_signal
+        self._changed = threading.Condition()
+        self._keys_in_flight: set[str] = set()
+        self._running = 0
+        self._error: BaseException | None = None
+        self._jobs: queue.SimpleQueue[tuple[frozenset[str], Work]] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, keys: frozenset[str], work: Work) -> None:
+        """Run `work` once a thread is free and no request in flight holds one of `keys`."""
+        if not self._threads:
+            for _ in range(self.size):
+                self._start_thread()
+        with self._changed:
+            while self._must_wait(keys):
+                self._changed.wait()
+            self._raise_if_failed_or_stopping()
+            self._running += 1
+            self._keys_in_flight |= keys
+        self._jobs.put((keys, work))
+
+    def wait(self) -> None:
+        """Return when nothing is in flight; raise the error that stopped a request, if any."""
+        with self._changed:
+            while self._running and self._error is None:
+                self._changed.wait()
+            self._raise_if_failed_or_stopping()
+
+    def settle(self, deadline: float | None) -> bool:
+        """Wait, at most until `deadline` (monotonic), for the requests in flight; errors are not raised.
+
+        Returns whether nothing is in flight any more.
+        """
+        with self._changed:
+            while self._running:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    def _must_wait(self, keys: frozenset[str]) -> bool:
+        if self._error is not None:
+            return False
+        if self._stop_signal() is not None:
+            return self._running > 0  # let the requests in flight finish, then stop
+        return self._running >= self.size or not self._keys_in_flight.isdisjoint(keys)
+
+    def _raise_if_failed_or_stopping(self) -> None:
+        if self._error is not None:
+            raise self._error
+        signal_name = self._stop_signal()
+        if signal_name is not None:
+            raise StopRequested(signal_name)
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"{self.name}-{len(self._threads) + 1}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        while True:
+            keys, work = self._jobs.get()
+            try:
+                work()
+            except BaseException as exc:  # handed to the caller's thread, which decides
+                with self._changed:
+                    self._error = self._error or exc
+            finally:
+                with self._changed:
+                    self._running -= 1
+                    self._keys_in_flight -= keys
+                    self._changed.notify_all()
