@@ -9,6 +9,9 @@ import typing as t
 
 RECOVERY_FACTOR = 1.2  # after each second without a 429, the allowed rate grows by this factor
 MIN_RATE = 1.0
+# The window counted: a little over a second, so that network jitter cannot crowd more requests than
+# the limit into one second at the server.
+WINDOW_SECONDS = 1.05
 
 
 class RateLimiter:
@@ -30,19 +33,19 @@ class RateLimiter:
         while True:
             with self._lock:
                 now = self._clock()
-                self._forget_before(now - 1.0)
+                self._forget_before(now - WINDOW_SECONDS)
                 self._recover(now)
                 if self.rate is None or len(self._started) < int(self.rate):
                     self._started.append(now)
                     return
-                wait = self._started[0] + 1.0 - now
+                wait = self._started[0] + WINDOW_SECONDS - now
             time.sleep(max(wait, 0.001))
 
     def slow_down(self) -> None:
         """A 429: halve the rate of the last second (or the current limit, if lower)."""
         with self._lock:
             now = self._clock()
-            self._forget_before(now - 1.0)
+            self._forget_before(now - WINDOW_SECONDS)
             recent = float(max(len(self._started), 1))
             current = recent if self.rate is None else min(self.rate, recent)
             self.rate = max(MIN_RATE, current / 2)

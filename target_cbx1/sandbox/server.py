@@ -41,15 +41,17 @@ class Answer:
     content_type: str = "application/json"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Exchange:
-    """One data request as the sandbox saw it."""
+    """One data request as the sandbox saw it; times are time.monotonic() values."""
 
     endpoint: str
     stream: str
     lookup_keys: tuple[str | None, ...]
     status: int | None
     fault: str | None
+    received_at: float
+    answered_at: float | None = None
 
 
 def envelope(status: int, code: str, message: str, data: t.Any = None, **headers: str) -> Answer:
@@ -83,6 +85,8 @@ class Sandbox:
         for spec in faults:
             self.faults.add(spec)
         self.exchanges: list[Exchange] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.tokens: dict[str, float] = {}
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -161,15 +165,24 @@ class Sandbox:
         return envelope(404, "CM404", f"No sandbox route for {method} {path}")
 
     def _data(self, stream: str, endpoint: str, headers: t.Mapping[str, str], body: bytes) -> Answer | None:
-        answer, keys, fault = self._data_answer(stream, endpoint, headers, body)
-        exchange = Exchange(
-            endpoint, stream, keys, answer.status if answer else None, fault.kind if fault else None
-        )
+        received_at = time.monotonic()
         with self._lock:
-            self.exchanges.append(exchange)
-        if fault is not None and fault.kind == "slow":
-            time.sleep(fault.number(5))
-        return self._delayed(answer) if answer else None
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            answer, keys, fault = self._data_answer(stream, endpoint, headers, body)
+            status, kind = (answer.status if answer else None), (fault.kind if fault else None)
+            exchange = Exchange(endpoint, stream, keys, status, kind, received_at)
+            with self._lock:
+                self.exchanges.append(exchange)
+            if fault is not None and fault.kind == "slow":
+                time.sleep(fault.number(5))
+            answer = self._delayed(answer) if answer else None
+            exchange.answered_at = time.monotonic()
+            return answer
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     def _data_answer(
         self, stream: str, endpoint: str, headers: t.Mapping[str, str], body: bytes
