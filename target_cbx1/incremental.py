@@ -10,7 +10,7 @@ import time
 import typing as t
 from pathlib import Path
 
-from singer_sdk.singerlib.json import deserialize_json
+from target_cbx1 import jsonio
 
 if t.TYPE_CHECKING:
     from target_cbx1.ledger import StateLedger
@@ -51,8 +51,8 @@ class IncrementalStateFile:
             logger.warning("Cannot read the incremental state %s (%s); starting afresh", self.path, exc)
             return None
         try:
-            state = deserialize_json(text) if text.strip() else None
-        except ValueError as exc:
+            state = jsonio.decode(text) if text.strip() else None
+        except jsonio.DecodeError as exc:
             logger.warning("The incremental state %s is not valid JSON (%s); starting afresh", self.path, exc)
             return None
         if not isinstance(state, dict) or not isinstance(state.get("bookmarks"), dict):

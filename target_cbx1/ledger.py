@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing as t
 
-from singer_sdk.singerlib.json import serialize_json
+from target_cbx1.jsonio import encode_text
 
 if t.TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -165,10 +165,10 @@ class StateLedger:
         """Write the state as one bare JSON line, entry by entry; only confirmed outcomes are in it."""
         out.write('{"bookmarks":{')
         for number, stream in enumerate(list(self._entries)):
-            out.write(("," if number else "") + serialize_json(stream) + ":[")
+            out.write(("," if number else "") + encode_text(stream) + ":[")
             for position, entry in enumerate(self.confirmed(stream)):
-                out.write(("," if position else "") + serialize_json(entry.as_bookmark()))
+                out.write(("," if position else "") + encode_text(entry.as_bookmark()))
             out.write("]")
         out.write('},"summary":')
-        out.write(serialize_json({stream: self.summary(stream) for stream in self._entries}))
+        out.write(encode_text({stream: self.summary(stream) for stream in self._entries}))
         out.write("}\n")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import typing as t
 from collections import Counter
 
 from singer_sdk.exceptions import InvalidJSONSchema, MissingKeyPropertiesError, RecordsWithoutSchemaException
 from singer_sdk.singerlib.encoding import SimpleSingerReader
 from singer_sdk.singerlib.exceptions import InvalidInputLine, SingerReadError
-from singer_sdk.singerlib.json import deserialize_json
+
+from target_cbx1 import jsonio
 
 # Errors that mean the input is wrong: the run stops, naming the line.
 INPUT_ERRORS = (SingerReadError, RecordsWithoutSchemaException, MissingKeyPropertiesError, InvalidJSONSchema)
@@ -49,11 +49,10 @@ class NumberedLineReader(SimpleSingerReader):
 
     def deserialize_json(self, line: str) -> dict:
         try:
-            message = deserialize_json(line)
-        except json.JSONDecodeError as exc:
+            message = jsonio.decode(line)
+        except jsonio.DecodeError as exc:
             raise InvalidInputLine(
-                f"line {self.line_number} is not valid JSON ({exc.msg}, column {exc.colno}); "
-                f"it starts {line[:60]!r}"
+                f"line {self.line_number} is not valid JSON ({exc}); it starts {line[:60]!r}"
             ) from None
         if not isinstance(message, dict):
             raise InvalidInputLine(

@@ -8,7 +8,7 @@ import typing as t
 from dataclasses import dataclass
 from functools import cached_property
 
-from singer_sdk.singerlib.json import serialize_json
+from target_cbx1 import jsonio
 
 ACCOUNT_STREAM_HINTS = ("account", "compan")
 CONTACT_STREAM_HINTS = ("contact", "lead", "person")
@@ -99,7 +99,7 @@ def lookup_rule_for(
 
 def record_hash(record: t.Mapping[str, t.Any]) -> str:
     """sha256 hex of the record as received (its JSON, keys in received order, numbers exact)."""
-    return hashlib.sha256(serialize_json(record).encode()).hexdigest()
+    return hashlib.sha256(jsonio.encode(record)).hexdigest()
 
 
 def external_id_of(record: t.Mapping[str, t.Any]) -> t.Any:
@@ -125,7 +125,10 @@ def build_payload(
     """
     lookup_value = record.get(rule.field)
     key = rule.key_of(lookup_value)
-    payload = {name: value for name, value in record.items() if not name.startswith(SDC_PREFIX)}
+    if SDC_PREFIX in "".join(record):  # a quick look first: most records have no _sdc_ column
+        payload = {name: value for name, value in record.items() if not name.startswith(SDC_PREFIX)}
+    else:
+        payload = dict(record)
     if isinstance(lookup_value, str):
         payload[rule.field] = key
     if options.add_stream_key:

@@ -264,7 +264,7 @@ def test_record_mode_sends_one_upsert_per_record_with_data_id(api, capsys):
     api.post(upsert, json=upsert_answer)
     messages = [schema("contacts"), contact(1), contact(2), contact(3, "")]
 
-    state = run_target(make_config(process_as_batch=False), messages, capsys).state
+    state = run_target(make_config(process_as_batch=False, max_concurrency=1), messages, capsys).state
 
     bodies = posted(api, "/upsert")
     assert [b["email"] for b in bodies] == ["person1@example.com", "person2@example.com"]

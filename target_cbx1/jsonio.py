@@ -1,0 +1,27 @@
+"""JSON in and out with msgspec: exact numbers (Decimal), compact output, one C call per message."""
+
+from __future__ import annotations
+
+import decimal
+import typing as t
+
+import msgspec
+
+_encoder = msgspec.json.Encoder(decimal_format="number")
+_decoder = msgspec.json.Decoder(float_hook=decimal.Decimal)
+
+DecodeError = msgspec.DecodeError
+
+
+def encode(value: t.Any) -> bytes:
+    """Compact JSON bytes; Decimals are written as the numbers they are."""
+    return _encoder.encode(value)
+
+
+def encode_text(value: t.Any) -> str:
+    return _encoder.encode(value).decode()
+
+
+def decode(text: str | bytes) -> t.Any:
+    """A JSON value; numbers with a fraction or exponent become Decimal, so nothing is rounded."""
+    return _decoder.decode(text)
