@@ -17,6 +17,7 @@ from urllib.parse import quote, urljoin
 import requests
 from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from singer_sdk.exceptions import InvalidRecord, MissingKeyPropertiesError
 from singer_sdk.sinks import Sink
 
@@ -147,11 +148,21 @@ class Cbx1Client:
             sleep(wait)
 
     def _post_once(self, path: str, body: bytes, token: str) -> requests.Response:
-        """One HTTP attempt, within the rate limit."""
+        """One HTTP attempt, within the rate limit.
+
+        The request is prepared by hand and sent without redirects: the API sends none, and skipping
+        requests' generic preparation saves a third of the CPU a request costs.
+        """
         self.rate.acquire()
-        return self.session.post(
-            self.url(path), data=body, headers={"Authorization": f"Bearer {token}"}, timeout=self.timeout
-        )
+        request = requests.PreparedRequest()
+        request.method = "POST"
+        request.url = self.url(path)
+        headers = {name: str(value) for name, value in self.session.headers.items()}
+        headers.update({"Authorization": f"Bearer {token}", "Content-Length": str(len(body))})
+        request.headers = CaseInsensitiveDict(headers)
+        request.body = body
+        request.hooks = {"response": []}
+        return self.session.send(request, timeout=self.timeout, allow_redirects=False)
 
     def raise_if_stopping(self) -> None:
         """Before anything new is read or sent: stop for a signal (or a fatal error), or an outage."""
@@ -354,12 +365,16 @@ class ApiSink(Sink):
     def finish_request(
         self, path: str, count: int, started: float, failed: int, error: str | None = None
     ) -> None:
-        """Log the request (INFO, or ERROR with the reason when all of it failed), then checkpoint."""
+        """Log the request, then checkpoint.
+
+        ERROR with the reason when all of it failed, WARNING when some records failed, else DEBUG
+        (a line per successful request would cost more CPU than the rest of the record path).
+        """
         took = time.monotonic() - started
         if error is not None:
             self.logger.error("%s: %d records failed in %.3f s: %s", path, count, took, error)
         else:
-            self.logger.info(
-                "%s: %d records in %.3f s: %d succeeded, %d failed", path, count, took, count - failed, failed
-            )
+            level = logging.WARNING if failed else logging.DEBUG
+            message = "%s: %d records in %.3f s: %d succeeded, %d failed"
+            self.logger.log(level, message, path, count, took, count - failed, failed)
         self.cbx1.checkpoint()
