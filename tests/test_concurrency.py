@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import signal
-import subprocess
 import time
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from target_cbx1.ratelimit import RateLimiter
 from target_cbx1.sandbox import Sandbox
 from tests.conftest import ACCESS_KEY, ORG_ID, lines_of, sandbox_config
-from tests.test_end_to_end import COMMAND, assert_matches_sandbox, env_with, run_command
+from tests.test_end_to_end import assert_matches_sandbox, run_command, start_command, wait_until
 
 CONTACTS_SCHEMA = {"type": "SCHEMA", "stream": "contacts", "schema": {"properties": {}}, "key_properties": []}
 
@@ -90,23 +89,10 @@ def test_state_never_runs_ahead_of_a_request_still_in_flight(sandbox, tmp_path):
     sandbox.add_fault("omit=0")
     sandbox.add_fault("slow=30")  # the second request to arrive never answers in time
     state_file = tmp_path / "state.json"
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(sandbox_config(sandbox, incremental_state_path=str(state_file))))
     emails = distinct_emails(400)
-    process = subprocess.Popen(
-        [COMMAND, "--config", str(config_file)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env_with(None),
-    )
-    assert process.stdin is not None
-    process.stdin.write(contacts(emails))
-    process.stdin.flush()
-    deadline = time.monotonic() + 20
-    while len([e for e in sandbox.exchanges if e.answered_at]) < 8 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    config = sandbox_config(sandbox, incremental_state_path=str(state_file))
+    process = start_command(config, tmp_path, contacts(emails))
+    wait_until(lambda: len([e for e in sandbox.exchanges if e.answered_at]) >= 8)
 
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=30)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import typing as t
 from pathlib import Path
 
 from target_cbx1.sandbox import Sandbox
@@ -47,6 +48,30 @@ def run_command(
         args, input=text, capture_output=True, text=True, timeout=60, check=False, env=env_with(env)
     )
     return Result(process)
+
+
+def start_command(config: dict, tmp_path: Path, stdin: str) -> subprocess.Popen:
+    """Start the command with its input written but left open, as a job still being fed."""
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config))
+    process = subprocess.Popen(
+        [COMMAND, "--config", str(config_file)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_with(None),
+    )
+    assert process.stdin is not None
+    process.stdin.write(stdin)
+    process.stdin.flush()
+    return process
+
+
+def wait_until(condition: t.Callable[[], bool], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def env_with(extra: dict[str, str] | None) -> dict[str, str]:

@@ -12,7 +12,15 @@ import pytest
 
 from target_cbx1 import incremental
 from tests.conftest import ACCESS_KEY, ORG_ID, lines_of, sandbox_config
-from tests.test_end_to_end import COMMAND, assert_matches_sandbox, assert_no_secrets, env_with, run_command
+from tests.test_end_to_end import (
+    COMMAND,
+    assert_matches_sandbox,
+    assert_no_secrets,
+    env_with,
+    run_command,
+    start_command,
+    wait_until,
+)
 
 ACCOUNTS_SCHEMA = {"type": "SCHEMA", "stream": "accounts", "schema": {"properties": {}}, "key_properties": []}
 
@@ -347,22 +355,9 @@ def test_a_signal_stops_reading_and_writes_only_confirmed_outcomes(tmp_path, sig
 
     state_file = tmp_path / "state.json"
     with Sandbox(access_key=ACCESS_KEY, org_id=ORG_ID, latency_ms=100) as sandbox:
-        config_file = tmp_path / "config.json"
-        config_file.write_text(json.dumps(sandbox_config(sandbox, incremental_state_path=str(state_file))))
-        process = subprocess.Popen(
-            [COMMAND, "--config", str(config_file)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env_with(None),
-        )
-        assert process.stdin is not None
-        process.stdin.write(accounts_input(1000))
-        process.stdin.flush()
-        deadline = time.monotonic() + 20
-        while len(sandbox.exchanges) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        config = sandbox_config(sandbox, incremental_state_path=str(state_file))
+        process = start_command(config, tmp_path, accounts_input(1000))
+        wait_until(lambda: len(sandbox.exchanges) >= 3)
 
         process.send_signal(signal_number)
         started = time.monotonic()
@@ -382,22 +377,8 @@ def test_a_signal_stops_reading_and_writes_only_confirmed_outcomes(tmp_path, sig
 def test_a_request_hanging_at_the_signal_is_abandoned_after_the_grace_time(sandbox, tmp_path):
     sandbox.add_fault("omit=0")
     sandbox.add_fault("slow=20")
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(sandbox_config(sandbox, max_concurrency=1)))
-    process = subprocess.Popen(
-        [COMMAND, "--config", str(config_file)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env_with(None),
-    )
-    assert process.stdin is not None
-    process.stdin.write(accounts_input(60))
-    process.stdin.flush()
-    deadline = time.monotonic() + 20
-    while len(sandbox.exchanges) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    process = start_command(sandbox_config(sandbox, max_concurrency=1), tmp_path, accounts_input(60))
+    wait_until(lambda: len(sandbox.exchanges) >= 2)
     time.sleep(0.2)
 
     process.send_signal(signal.SIGTERM)
