@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint lock-check clean
+.PHONY: install demo test bench readme lint lock-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Regenerate README.md's settings table from `target-cbx1 --about --format markdown`.
+readme: $(STAMP)
+	$(BIN)/python scripts/readme_settings.py
+
 # Throughput, CPU and memory against the local sandbox (a script that prints a table, not a test).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check target_cbx1 tests examples bench
-	$(BIN)/ruff format --check target_cbx1 tests examples bench
+	$(BIN)/ruff check target_cbx1 tests examples bench scripts
+	$(BIN)/ruff format --check target_cbx1 tests examples bench scripts
 	$(BIN)/mypy
 
 # poetry.lock must match pyproject.toml (uses the shared Poetry wrapper when present, else poetry on PATH).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import collections
 import contextlib
 import hashlib
 import logging
@@ -33,6 +34,7 @@ from target_cbx1.errors import (
 )
 from target_cbx1.models import UpsertData
 from target_cbx1.pipeline import RequestPool
+from target_cbx1.progress import StreamStats
 from target_cbx1.ratelimit import RateLimiter
 from target_cbx1.records import (
     PayloadOptions,
@@ -88,6 +90,9 @@ class Cbx1Client:
         self.rate = RateLimiter(settings.max_requests_per_second)
         self.max_failures_in_a_row = settings.max_consecutive_request_failures
         self.failures_in_a_row = 0
+        self.gave_up = 0
+        self.requests_by_path: collections.Counter[str] = collections.Counter()
+        self.retries_by_path: collections.Counter[str] = collections.Counter()
         self.outage: ApiOutageError | None = None
         self.stop_signal: str | None = None
         self._lock = threading.Lock()
@@ -111,6 +116,8 @@ class Cbx1Client:
         Raises RequestFailedError (the request's records fail, the run goes on), CredentialsError or
         ApiOutageError (the run stops), or StopRequested (a signal arrived; nothing more is sent).
         """
+        with self._lock:
+            self.requests_by_path[path] += 1
         delays = self.policy.delays()
         token_refreshed = False
         attempts = 0
@@ -145,6 +152,8 @@ class Cbx1Client:
                     f"than retry_after_max_seconds ({self.policy.retry_after_max_seconds:.0f} s)"
                 )
             logger.warning("%s failed (%s); retry %d in %.1f s", path, error, attempts, wait)
+            with self._lock:
+                self.retries_by_path[path] += 1
             sleep(wait)
 
     def _post_once(self, path: str, body: bytes, token: str) -> requests.Response:
@@ -175,6 +184,7 @@ class Cbx1Client:
         """The error for a request whose retries are spent: an outage once too many failed in a row."""
         with self._lock:
             self.failures_in_a_row += 1
+            self.gave_up += 1
             failures = self.failures_in_a_row
         logger.error("Request failed after its retries: %s", message)
         if failures < self.max_failures_in_a_row:
@@ -256,6 +266,8 @@ class ApiSink(Sink):
         self.requests = RequestPool(
             target.settings.max_concurrency, f"cbx1-{stream_name}", lambda: self.client.stop_signal
         )
+        self.sent = 0
+        self.started_at = time.monotonic()
         target.ledger.open_stream(stream_name)
 
     @property
@@ -312,6 +324,22 @@ class ApiSink(Sink):
     @abc.abstractmethod
     def enqueue(self, pending: Pending) -> None:
         """Send the record now, or keep it for the next request."""
+
+    def dispatch(self, batch: list[Pending], path: str, work: t.Callable[[], None]) -> None:
+        """Hand a new request to the pool (in a dry run, to the dry run instead)."""
+        self.stamp(batch)
+        self.sent += len(batch)
+        if self.cbx1.dry_run is not None:
+            self.cbx1.dry_run.take(self.stream_name, path, batch)
+            return
+        self.requests.submit(frozenset(pending.key for pending in batch), work)
+
+    def stats(self) -> StreamStats:
+        """Records sent, requests and retries of this stream, for the final summary."""
+        paths = (self.path, self.upsert_path) if self.path != self.upsert_path else (self.path,)
+        requests_made = sum(self.client.requests_by_path[path] for path in paths)
+        retries = sum(self.client.retries_by_path[path] for path in paths)
+        return StreamStats(self.sent, requests_made, retries, self.started_at)
 
     def stamp(self, batch: list[Pending]) -> None:
         """Give a new request's records their batch id and mapped record, when asked for."""

@@ -25,3 +25,8 @@ def encode_text(value: t.Any) -> str:
 def decode(text: str | bytes) -> t.Any:
     """A JSON value; numbers with a fraction or exponent become Decimal, so nothing is rounded."""
     return _decoder.decode(text)
+
+
+def pretty(value: t.Any) -> str:
+    """Indented JSON for people to read, numbers still exact."""
+    return msgspec.json.format(_encoder.encode(value), indent=2).decode()

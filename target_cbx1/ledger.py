@@ -98,6 +98,7 @@ class StateLedger:
         self._entries: dict[str, list[Entry]] = {}
         self._by_hash: dict[str, dict[str, Entry]] = {}
         self._resumed: dict[str, dict[str, list[Entry]]] = {}
+        self._prefix: dict[str, int] = {}
 
     def seed(self, state: t.Mapping[str, t.Any]) -> int:
         """Take in the entries of an earlier run of the same job; returns how many were taken."""
@@ -142,6 +143,43 @@ class StateLedger:
             self._by_hash[stream][record_hash] = entry
         self._entries[stream].append(entry)
         return entry
+
+    def streams(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self, stream: str) -> list[Entry]:
+        return self._entries[stream]
+
+    def positions(self) -> dict[str, int]:
+        """How many entries each stream has now."""
+        return {stream: len(entries) for stream, entries in self._entries.items()}
+
+    def decided_through(self, positions: t.Mapping[str, int]) -> bool:
+        """Whether every entry before these positions has its outcome."""
+        return all(self._decided_prefix(stream) >= count for stream, count in positions.items())
+
+    def _decided_prefix(self, stream: str) -> int:
+        entries = self._entries[stream]
+        count = self._prefix.get(stream, 0)
+        while count < len(entries) and (
+            entries[count].replaced or entries[count].outcome.success is not None
+        ):
+            count += 1
+        self._prefix[stream] = count
+        return count
+
+    def totals(self) -> tuple[int, int, int]:
+        """(entries, succeeded, failed) over all streams; entries still waiting are neither."""
+        read = written = failed = 0
+        for entries in self._entries.values():
+            for entry in entries:
+                read += 1
+                success = entry.outcome.success
+                if success:
+                    written += 1
+                elif success is not None:
+                    failed += 1
+        return read, written, failed
 
     def confirmed(self, stream: str) -> t.Iterator[Entry]:
         """The stream's entries up to the first whose outcome is still unknown, in input order.

@@ -148,6 +148,36 @@ CONFIG_SCHEMA: dict[str, t.Any] = th.PropertiesList(
         description="Seconds to wait for each HTTP response.",
     ),
     th.Property(
+        "state_output",
+        th.StringType,
+        default="hotglue",
+        allowed_values=["hotglue", "singer"],
+        description="What the target prints on stdout. hotglue: one HotGlue state line with every "
+        "record's outcome, at the end. singer: the tap's STATE messages, each forwarded once every "
+        "record before it is written (for Meltano and other Singer runners).",
+    ),
+    th.Property(
+        "results_path",
+        th.StringType,
+        description="File for the per-record outcomes in HotGlue's shape (bookmarks and summary), "
+        "written at the end, in either state_output mode. In singer mode it is where CBX1 ids and "
+        "errors go.",
+    ),
+    th.Property(
+        "dry_run",
+        th.BooleanType,
+        default=False,
+        description="Read, check and prepare every record, print the first request bodies and a "
+        "summary on stderr, but never connect to the API and claim no success.",
+    ),
+    th.Property(
+        "progress_interval_seconds",
+        th.NumberType,
+        default=10,
+        description="Seconds between progress lines on stderr (records read, written, failed, rate); "
+        "0 turns them off. A summary table per stream is logged at the end.",
+    ),
+    th.Property(
         "max_concurrency",
         th.IntegerType,
         default=8,
@@ -210,6 +240,10 @@ class Settings(BaseModel):
     timeout: float = Field(gt=0)
     max_consecutive_request_failures: int = Field(ge=1)
     max_concurrency: int = Field(ge=1)
+    state_output: t.Literal["hotglue", "singer"]
+    results_path: str | None = None
+    dry_run: bool
+    progress_interval_seconds: float = Field(ge=0)
     max_requests_per_second: float | None = Field(default=None, gt=0)
     incremental_state_path: str | None = None
 

@@ -58,10 +58,7 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         """Hand everything queued to the request pool, chunk by chunk in input order."""
         queue, self._queue = self._queue, []
         for chunk in chunks_with_distinct_keys(queue, self.max_size):
-            self.stamp(chunk)
-            self.requests.submit(
-                frozenset(pending.key for pending in chunk), partial(self._send_chunk, chunk)
-            )
+            self.dispatch(chunk, self.path, partial(self._send_chunk, chunk))
 
     def _send_chunk(self, chunk: list[Pending]) -> None:
         started = time.monotonic()
@@ -120,5 +117,4 @@ class RecordSink(ApiSink, sdk_sinks.RecordSink):
     endpoint = "upsert"
 
     def enqueue(self, pending: Pending) -> None:
-        self.stamp([pending])
-        self.requests.submit(frozenset({pending.key}), partial(self.upsert_one, pending, self.path))
+        self.dispatch([pending], self.path, partial(self.upsert_one, pending, self.path))

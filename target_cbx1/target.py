@@ -19,14 +19,17 @@ from singer_sdk.helpers.capabilities import TARGET_VALIDATE_RECORDS_CONFIG
 from singer_sdk.target_base import Target
 
 from target_cbx1.client import Cbx1Client, batch_id
+from target_cbx1.dryrun import DryRun
 from target_cbx1.errors import StopRequested
 from target_cbx1.incremental import IncrementalStateFile, state_file_path
 from target_cbx1.ledger import StateLedger
+from target_cbx1.progress import Progress
 from target_cbx1.reader import INPUT_ERRORS, NumberedLineReader
 from target_cbx1.records import LookupRule, lookup_rule_for
 from target_cbx1.redaction import install_log_masking
 from target_cbx1.settings import CONFIG_SCHEMA, Settings
 from target_cbx1.sinks import BatchSink, RecordSink
+from target_cbx1.tapstate import TapStateForwarder
 
 if t.TYPE_CHECKING:
     from types import FrameType
@@ -74,8 +77,14 @@ class TargetCBX1(Target):
         self._chunk_counts: dict[str, int] = {}
         self._finishing = False
         t.cast("NumberedLineReader", self.message_reader).before_line = self.client.raise_if_stopping
-        path = state_file_path(self.settings.incremental_state_path)
+        path = None if self.settings.dry_run else state_file_path(self.settings.incremental_state_path)
         self.incremental = IncrementalStateFile(path) if path else None
+        results = self.settings.results_path
+        self.results = IncrementalStateFile(Path(results)) if results else None
+        self.dry_run = DryRun() if self.settings.dry_run else None
+        singer_mode = self.settings.state_output == "singer" and not self.settings.dry_run
+        self.tap_state = TapStateForwarder(self.ledger, lambda: self.client.gave_up) if singer_mode else None
+        self.progress = Progress(self.settings.progress_interval_seconds, self.ledger)
         self._resume()
 
     def _resume(self) -> None:
@@ -136,6 +145,7 @@ class TargetCBX1(Target):
             if sink.is_full:
                 self.drain_one(sink)
         self._handle_max_record_age()
+        self.progress.tick()
 
     def _process_schema_message(self, message_dict: dict) -> None:
         """Send a stream's queued records before its schema changes, so upserts stay in order.
@@ -160,8 +170,14 @@ class TargetCBX1(Target):
         super()._process_schema_message(message_dict)
 
     def _process_state_message(self, message_dict: dict) -> None:
-        """HotGlue mode: the target's own state line is the output, so tap STATE is not forwarded."""
+        """Singer mode: send what is queued and forward the STATE once its records are done.
+
+        HotGlue mode: the target's own state line is the output, so tap STATE is not forwarded.
+        """
         self._assert_line_requires(message_dict, requires={"value"})
+        if self.tap_state is not None:
+            self.drain_all()
+            self.tap_state.received(message_dict["value"])
 
     def process_endofpipe(self) -> None:
         """Send what is queued, wait for every request in flight, then write the state."""
@@ -200,17 +216,28 @@ class TargetCBX1(Target):
                 return
 
     def checkpoint(self) -> None:
-        """After each request: refresh the incremental state file when it is due."""
+        """After each request: forward tap STATEs now covered, refresh the incremental file if due."""
+        if self.tap_state is not None:
+            self.tap_state.forward_ready()
         if self.incremental is not None:
             self.incremental.save_if_due(self.ledger)
 
     def write_state(self) -> None:
-        """Print the HotGlue state line (the last line of stdout) and save the incremental file."""
+        """The run's output: summary on stderr, state on stdout (HotGlue line or tap STATE), files."""
         self._finishing = True
-        self.ledger.write(sys.stdout)
-        sys.stdout.flush()
-        if self.incremental is not None:
-            self.incremental.save(self.ledger)
+        if self.dry_run is not None:
+            self.dry_run.print_summary(self.ledger)
+        else:
+            sinks = t.cast("list[BatchSink | RecordSink]", list(self._sinks_active.values()))
+            self.progress.log_summary({sink.stream_name: sink.stats() for sink in sinks})
+        if self.settings.state_output == "hotglue":
+            self.ledger.write(sys.stdout)
+            sys.stdout.flush()
+        elif self.tap_state is not None:
+            self.tap_state.forward_ready()
+        for state_file in (self.incremental, self.results):
+            if state_file is not None:
+                state_file.save(self.ledger)
 
     # Config
 
