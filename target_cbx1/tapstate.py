@@ -18,7 +18,7 @@ _NOTHING = object()
 
 
 class TapStateForwarder:
-    """Holds each tap STATE until every record read before it has its outcome, then writes it.
+    """Holds each tap STATE until every record read before it has its outcome, then writes its value.
 
     A Singer runner (Meltano) stores the last STATE the target writes as the tap's bookmark, so a
     STATE is never written ahead of the records it covers, never twice in a row, and not at all
@@ -53,6 +53,8 @@ class TapStateForwarder:
                     return
                 _, value = self._pending.popleft()
                 if value != self._last_written:
-                    sys.stdout.write(jsonio.encode_text({"type": "STATE", "value": value}) + "\n")
+                    sys.stdout.write(
+                        jsonio.encode_text(value) + "\n"
+                    )  # the bare value, as Singer runners read it
                     sys.stdout.flush()
                     self._last_written = value
