@@ -67,26 +67,34 @@ class IncrementalStateFile:
             self.save(ledger)
 
     def save(self, ledger: StateLedger) -> None:
-        """Write the state to a temporary file beside the real one, then swap it in (one save at a time)."""
+        """Write the state atomically (one save at a time)."""
         with self._lock:
             self._save(ledger)
 
     def _save(self, ledger: StateLedger) -> None:
         self._saved_at = time.monotonic()
-        temp_name = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(
-                "w", dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp", delete=False
-            ) as temp:
-                temp_name = temp.name
-                ledger.write(temp)
-            os.replace(temp_name, self.path)
-            temp_name = None
+            write_atomically(self.path, ledger.write)
         except OSError as exc:
             if not self._warned:
                 logger.warning("Cannot write the incremental state %s (%s); the run goes on", self.path, exc)
                 self._warned = True
-        finally:
-            if temp_name is not None:
-                Path(temp_name).unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, write: t.Callable[[t.IO[str]], object]) -> None:
+    """Write a file beside `path`, then rename it into place: a reader never sees half of it."""
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    ) as temp:
+        try:
+            write(temp)
+        except BaseException:
+            temp.close()
+            Path(temp.name).unlink(missing_ok=True)
+            raise
+    try:
+        os.replace(temp.name, path)
+    except OSError:
+        Path(temp.name).unlink(missing_ok=True)
+        raise

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 import typing as t
@@ -18,10 +16,10 @@ from singer_sdk.exceptions import ConfigValidationError, FatalAPIError, InvalidJ
 from singer_sdk.helpers.capabilities import TARGET_VALIDATE_RECORDS_CONFIG
 from singer_sdk.target_base import Target
 
-from target_cbx1.client import Cbx1Client, batch_id
+from target_cbx1.client import ApiSink, Cbx1Client, batch_id
 from target_cbx1.dryrun import DryRun
 from target_cbx1.errors import StopRequested
-from target_cbx1.incremental import IncrementalStateFile, state_file_path
+from target_cbx1.incremental import IncrementalStateFile, state_file_path, write_atomically
 from target_cbx1.ledger import StateLedger
 from target_cbx1.progress import Progress
 from target_cbx1.reader import INPUT_ERRORS, NumberedLineReader
@@ -182,9 +180,13 @@ class TargetCBX1(Target):
     def process_endofpipe(self) -> None:
         """Send what is queued, wait for every request in flight, then write the state."""
         super().process_endofpipe()
-        for sink in list(self._sinks_active.values()):
-            t.cast("BatchSink | RecordSink", sink).requests.wait()
+        for sink in self.api_sinks():
+            sink.requests.wait()
         self.write_state()
+
+    def api_sinks(self) -> list[ApiSink]:
+        """The active sinks; every sink of this target is an ApiSink."""
+        return t.cast("list[ApiSink]", list(self._sinks_active.values()))
 
     def _setup_signal_handlers(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -210,8 +212,8 @@ class TargetCBX1(Target):
         if stop_reason is not None and self.client.stop_signal is None:
             self.client.stop_signal = stop_reason
         deadline = None if timeout is None else time.monotonic() + timeout
-        for sink in list(self._sinks_active.values()):
-            if not t.cast("BatchSink | RecordSink", sink).requests.settle(deadline):
+        for sink in self.api_sinks():
+            if not sink.requests.settle(deadline):
                 self.logger.warning("Requests still in flight after %.0f s were abandoned", timeout or 0)
                 return
 
@@ -228,8 +230,7 @@ class TargetCBX1(Target):
         if self.dry_run is not None:
             self.dry_run.print_summary(self.ledger)
         else:
-            sinks = t.cast("list[BatchSink | RecordSink]", list(self._sinks_active.values()))
-            self.progress.log_summary({sink.stream_name: sink.stats() for sink in sinks})
+            self.progress.log_summary({sink.stream_name: sink.stats() for sink in self.api_sinks()})
         if self.settings.state_output == "hotglue":
             self.ledger.write(sys.stdout)
             sys.stdout.flush()
@@ -250,11 +251,7 @@ class TargetCBX1(Target):
             hotglue_style = "access_token" not in config and ("AccessToken" in config or "Code" in config)
             config["AccessToken" if hotglue_style else "access_token"] = token
             config["expires_in"] = int(expires_at)
-            with tempfile.NamedTemporaryFile(
-                "w", dir=self._config_path.parent, delete=False, suffix=".tmp"
-            ) as temp:
-                json.dump(config, temp, indent=2)
-            os.replace(temp.name, self._config_path)
+            write_atomically(self._config_path, lambda out: json.dump(config, out, indent=2))
         except (OSError, ValueError) as exc:
             self.logger.warning(
                 "Could not save the new session token into %s (%s); the next run will fetch another",
