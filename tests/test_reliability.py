@@ -363,7 +363,7 @@ def test_a_signal_stops_reading_and_writes_only_confirmed_outcomes(tmp_path, sig
         started = time.monotonic()
         stdout, stderr = process.communicate(timeout=30)
 
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 5  # the requests in flight finish, nothing new starts
         assert process.returncode == 0, stderr
         state = json.loads(stdout.splitlines()[-1])
         entries = state["bookmarks"]["accounts"]
