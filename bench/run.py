@@ -8,6 +8,7 @@ input is HubSpot-shaped contacts (27 fields) as HotGlue's ETL writes them.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 ACCESS_KEY, ORG_ID = "bench-key", "bench-org"
+CONFIG_NUMBERS = itertools.count()
 CONTACT_SCHEMA = {
     "type": "object",
     "properties": {
@@ -122,7 +124,7 @@ class SandboxProcess:
 
 
 def target_command(workdir: Path, url: str, **settings: object) -> list[str]:
-    config = workdir / f"config-{len(list(workdir.glob('config-*')))}.json"
+    config = workdir / f"config-{next(CONFIG_NUMBERS)}.json"
     config.write_text(json.dumps({"api_url": url, "access_key": ACCESS_KEY, "org_id": ORG_ID, **settings}))
     return [str(BIN / "target-cbx1"), "--config", str(config)]
 

@@ -96,6 +96,7 @@ class Cbx1Client:
         self.outage: ApiOutageError | None = None
         self.stop_signal: str | None = None
         self._lock = threading.Lock()
+        self._headers = {name: str(value) for name, value in self.session.headers.items()}
         self.auth = SessionTokenAuth(
             self.session,
             self.url(TOKEN_PATH),
@@ -166,9 +167,9 @@ class Cbx1Client:
         request = requests.PreparedRequest()
         request.method = "POST"
         request.url = self.url(path)
-        headers = {name: str(value) for name, value in self.session.headers.items()}
-        headers.update({"Authorization": f"Bearer {token}", "Content-Length": str(len(body))})
-        request.headers = CaseInsensitiveDict(headers)
+        request.headers = CaseInsensitiveDict(
+            {**self._headers, "Authorization": f"Bearer {token}", "Content-Length": str(len(body))}
+        )
         request.body = body
         request.hooks = {"response": []}
         return self.session.send(request, timeout=self.timeout, allow_redirects=False)
@@ -228,6 +229,11 @@ def describe_network_error(exc: requests.RequestException, timeout: float) -> st
     return f"request failed: {mask(str(exc))}"
 
 
+def target_path(stream: str, endpoint: str) -> str:
+    """The API path of a stream's /bulk or /upsert endpoint (the stream name URL-quoted)."""
+    return f"api/t/v1/targets/{quote(stream, safe='')}/{endpoint}"
+
+
 def batch_id(stream: str, index: int) -> str:
     """HotGlue's hgBatchId: md5 hex of JOB_ROOT:stream:index."""
     job_root = os.environ.get("JOB_ROOT", "job_Example")
@@ -258,8 +264,8 @@ class ApiSink(Sink):
         super().__init__(target, stream_name, schema, key_properties)
         self.cbx1 = target
         self.client = target.client
-        self.path = f"api/t/v1/targets/{quote(stream_name, safe='')}/{self.endpoint}"
-        self.upsert_path = f"api/t/v1/targets/{quote(stream_name, safe='')}/upsert"
+        self.path = target_path(stream_name, self.endpoint)
+        self.upsert_path = target_path(stream_name, "upsert")
         self.lookup = target.lookup_rule(stream_name, self.key_properties)
         self.options = PayloadOptions(target.settings.add_stream_key, target.settings.metadata)
         self.output_mapped_record = os.environ.get("OUTPUT_MAPPED_RECORD", "").lower() == "true"
@@ -336,7 +342,7 @@ class ApiSink(Sink):
 
     def stats(self) -> StreamStats:
         """Records sent, requests and retries of this stream, for the final summary."""
-        paths = (self.path, self.upsert_path) if self.path != self.upsert_path else (self.path,)
+        paths = {self.path, self.upsert_path}
         requests_made = sum(self.client.requests_by_path[path] for path in paths)
         retries = sum(self.client.retries_by_path[path] for path in paths)
         return StreamStats(self.sent, requests_made, retries, self.started_at)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import typing as t
 
 from target_cbx1.jsonio import encode_text
@@ -186,12 +187,8 @@ class StateLedger:
 
         Nothing is reported ahead of a record whose request has not completed.
         """
-        for entry in self._entries[stream]:
-            if entry.replaced:
-                continue
-            if entry.outcome.success is None:
-                return
-            yield entry
+        decided = itertools.islice(self._entries[stream], self._decided_prefix(stream))
+        return (entry for entry in decided if not entry.replaced)
 
     def summary(self, stream: str) -> dict[str, int]:
         counts = dict.fromkeys(SUMMARY_KEYS, 0)

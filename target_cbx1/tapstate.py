@@ -53,8 +53,7 @@ class TapStateForwarder:
                     return
                 _, value = self._pending.popleft()
                 if value != self._last_written:
-                    sys.stdout.write(
-                        jsonio.encode_text(value) + "\n"
-                    )  # the bare value, as Singer runners read it
+                    # The bare value, as Singer runners read a target's state.
+                    sys.stdout.write(jsonio.encode_text(value) + "\n")
                     sys.stdout.flush()
                     self._last_written = value
