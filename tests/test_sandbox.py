@@ -40,6 +40,20 @@ class Client:
         assert answer.status_code == 200, answer.text
         return {result["lookupKey"]: result for result in answer.json()["data"]["results"]}
 
+    def ingest(self, source: str, object_type: str, body: object, timeout: float = 5) -> requests.Response:
+        """POST to the unified ingestion endpoint; a str body is sent as it is."""
+        url = f"{self.url}/api/t/v1/targets/integrations/{source}/{object_type}/records"
+        if isinstance(body, str):
+            headers = {"Content-Type": "application/json"}
+            return self.session.post(url, data=body.encode(), headers=headers, timeout=timeout)
+        return self.session.post(url, json=body, timeout=timeout)
+
+    def ingest_results(self, source: str, object_type: str, records: list[dict]) -> dict[str | None, dict]:
+        answer = self.ingest(source, object_type, {"records": records})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == {"code": "CM000", "message": "Success"}
+        return {result["lookupKey"]: result for result in answer.json()["data"]["results"]}
+
 
 @pytest.fixture
 def client(sandbox: Sandbox) -> Client:
@@ -291,6 +305,335 @@ def test_command_line_prints_its_url_serves_and_stops_by_itself():
     _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0
     assert "stopped after 0 data requests" in stderr
+
+
+def test_records_endpoint_keeps_one_id_per_lookup_key_and_the_latest_data(client, sandbox):
+    first = client.ingest(
+        "HUBSPOT",
+        "ACCOUNT",
+        {"records": [{"data": {"name": "Acme"}, "sourceRecordId": "0015g00000ABC", "lookupKey": "acme.com"}]},
+    ).json()
+    again = client.ingest_results(
+        "HUBSPOT", "ACCOUNT", [{"data": {"name": "Acme Inc"}, "lookupKey": "https://www.ACME.com/"}]
+    )
+
+    assert first["data"]["totalProcessed"] == 1
+    assert (first["data"]["successful"], first["data"]["failed"]) == (1, 0)
+    [result] = first["data"]["results"]
+    assert result["status"] == "SUCCESS"
+    assert result["lookupKey"] == "acme.com"
+    assert again["acme.com"] == {"status": "SUCCESS", "entityId": result["entityId"], "lookupKey": "acme.com"}
+    stored = sandbox.entities("ACCOUNT")["acme.com"]
+    assert (stored.id, stored.data, stored.source, stored.writes) == (
+        result["entityId"],
+        {"name": "Acme Inc"},
+        "HUBSPOT",
+        2,
+    )
+    assert stored.source_record_id is None  # the second record sent none
+    assert sandbox.entities("CONTACT") == {}
+    assert sandbox.records("accounts") == {}  # /records has its own store
+
+
+def test_same_data_from_the_same_source_is_skipped(client, sandbox):
+    record = {"data": {"email": "ann@acme.com", "firstName": "Ann"}, "lookupKey": "Ann@Acme.com"}
+    first = client.ingest_results("HUBSPOT", "CONTACT", [record])["ann@acme.com"]
+
+    same = client.ingest("HUBSPOT", "CONTACT", {"records": [{**record, "source": "HUBSPOT"}]}).json()
+    assert same["data"] == {
+        "totalProcessed": 1,
+        "successful": 1,
+        "failed": 0,
+        "results": [{"status": "SKIPPED", "entityId": first["entityId"], "lookupKey": "ann@acme.com"}],
+    }
+    assert sandbox.entities("CONTACT")["ann@acme.com"].writes == 1
+
+    changed = {**record, "data": {**record["data"], "firstName": "Anne"}}
+    assert client.ingest_results("HUBSPOT", "CONTACT", [changed])["ann@acme.com"]["status"] == "SUCCESS"
+    assert sandbox.entities("CONTACT")["ann@acme.com"].writes == 2
+
+    moved = client.ingest_results("SALESFORCE", "CONTACT", [{**changed, "sourceRecordId": "003XYZ"}])
+    assert moved["ann@acme.com"] == {
+        "status": "SUCCESS",
+        "entityId": first["entityId"],
+        "lookupKey": "ann@acme.com",
+    }
+    stored = sandbox.entities("CONTACT")["ann@acme.com"]
+    assert (stored.source, stored.source_record_id, stored.writes) == ("SALESFORCE", "003XYZ", 3)
+
+
+@pytest.mark.parametrize(
+    ("object_type", "record", "lookup_key", "error"),
+    [
+        ("ACCOUNT", {"data": {}}, None, "lookupKey is required"),
+        ("ACCOUNT", {"data": {}, "lookupKey": None}, None, "lookupKey is required"),
+        ("ACCOUNT", {"data": {}, "lookupKey": 42}, None, "lookupKey is required"),
+        ("ACCOUNT", {"lookupKey": "   "}, None, "lookupKey is required"),  # checked before data
+        ("ACCOUNT", {"lookupKey": "acme.com"}, "acme.com", "data is required"),
+        ("ACCOUNT", {"data": ["acme"], "lookupKey": "not a domain"}, "not a domain", "data is required"),
+        (
+            "ACCOUNT",
+            {"data": {}, "source": "SALESFORCE", "lookupKey": "bad"},  # checked before the domain
+            "bad",
+            "source 'SALESFORCE' does not match the request's source 'HUBSPOT'",
+        ),
+        (
+            "CONTACT",
+            {"data": {}, "source": "hubspot", "lookupKey": "ann@acme.com"},
+            "ann@acme.com",
+            "source 'hubspot' does not match the request's source 'HUBSPOT'",
+        ),
+        ("ACCOUNT", {"data": {}, "lookupKey": "bad"}, "bad", "Invalid domain: bad"),
+        (
+            "ACCOUNT",
+            {"data": {}, "lookupKey": " Not A.Domain "},
+            "not a.domain",
+            "Invalid domain:  Not A.Domain ",
+        ),
+        ("CONTACT", {"data": {}, "lookupKey": "Ann@Acme"}, "ann@acme", "Invalid email: Ann@Acme"),
+        ("CONTACT", {"data": {}, "lookupKey": "acme.com"}, "acme.com", "Invalid email: acme.com"),
+    ],
+)
+def test_records_breaking_a_rule_fail_with_its_error_and_are_not_stored(
+    client, sandbox, object_type, record, lookup_key, error
+):
+    good = {"data": {"n": 1}, "lookupKey": "good.com" if object_type == "ACCOUNT" else "good@good.com"}
+
+    answer = client.ingest("HUBSPOT", object_type, {"records": [good, record]})
+
+    assert answer.status_code == 200, answer.text
+    data = answer.json()["data"]
+    assert (data["totalProcessed"], data["successful"], data["failed"]) == (2, 1, 1)
+    [failed] = [result for result in data["results"] if result["status"] == "FAILED"]
+    assert failed == {"status": "FAILED", "entityId": None, "lookupKey": lookup_key, "error": error}
+    assert list(sandbox.entities(object_type)) == [good["lookupKey"]]
+
+
+@pytest.mark.parametrize(
+    ("source", "object_type", "body", "message"),
+    [
+        (
+            "PIPEDRIVE",
+            "ACCOUNT",
+            '{"records": [{}]}',
+            "Unknown source 'PIPEDRIVE': this API ingests HUBSPOT, MARKETO, SALESFORCE",
+        ),
+        (
+            "hubspot",
+            "ACCOUNT",
+            '{"records": [{}]}',
+            "Unknown source 'hubspot': this API ingests HUBSPOT, MARKETO, SALESFORCE",
+        ),
+        ("HUBSPOT", "DEAL", '{"records": [{}]}', "Unknown object type 'DEAL': expected ACCOUNT or CONTACT"),
+        (
+            "HUBSPOT",
+            "account",
+            '{"records": [{}]}',
+            "Unknown object type 'account': expected ACCOUNT or CONTACT",
+        ),
+        ("HUBSPOT", "ACCOUNT", '{"records": [', "Request body is not valid JSON: "),
+        ("HUBSPOT", "ACCOUNT", "", "Request body is not valid JSON: "),
+        ("HUBSPOT", "ACCOUNT", '[{"lookupKey": "acme.com"}]', 'The body must be {"records": [...]}'),
+        (
+            "HUBSPOT",
+            "ACCOUNT",
+            '{"records": {"lookupKey": "acme.com"}}',
+            'The body must be {"records": [...]}',
+        ),
+        ("HUBSPOT", "ACCOUNT", '{"data": []}', 'The body must be {"records": [...]}'),
+        ("HUBSPOT", "ACCOUNT", '{"records": []}', "records must not be empty"),
+        ("HUBSPOT", "CONTACT", '{"records": [{}, "ann@acme.com"]}', "record 2 is not a JSON object"),
+    ],
+)
+def test_records_requests_of_the_wrong_shape_are_refused_with_400(
+    client, sandbox, source, object_type, body, message
+):
+    answer = client.ingest(source, object_type, body)
+
+    assert answer.status_code == 400
+    assert answer.json()["status"]["code"] == "CM400"
+    assert answer.json()["status"]["message"].startswith(message)
+    assert sandbox.entities("ACCOUNT") == sandbox.entities("CONTACT") == {}
+
+
+def test_other_sources_are_ingested_when_configured():
+    with Sandbox(access_key=ACCESS_KEY, org_id=ORG_ID, sources=["ZOHO", "HUBSPOT"]) as sandbox:
+        client = Client(sandbox)
+        client.login()
+
+        zoho = client.ingest("ZOHO", "ACCOUNT", {"records": [{"data": {}, "lookupKey": "acme.com"}]})
+        marketo = client.ingest("MARKETO", "ACCOUNT", {"records": [{"data": {}, "lookupKey": "acme.com"}]})
+
+    assert zoho.status_code == 200
+    assert sandbox.entities("ACCOUNT")["acme.com"].source == "ZOHO"
+    assert marketo.status_code == 400
+    assert marketo.json()["status"]["message"] == "Unknown source 'MARKETO': this API ingests HUBSPOT, ZOHO"
+
+
+@pytest.mark.parametrize("sources", [["hubspot"], ["HUB SPOT"], []])
+def test_sources_must_be_upper_case_names(sources):
+    with pytest.raises(ValueError, match="HUBSPOT"):
+        Sandbox(sources=sources)
+
+
+def test_records_results_come_back_shuffled_but_complete(client):
+    records = [{"data": {"n": n}, "lookupKey": f"person{n}@example.com"} for n in range(20)]
+
+    answer = client.ingest("MARKETO", "CONTACT", {"records": records}).json()
+
+    keys = [result["lookupKey"] for result in answer["data"]["results"]]
+    assert sorted(keys) == sorted(record["lookupKey"] for record in records)
+    assert keys != [record["lookupKey"] for record in records]
+    assert {result["status"] for result in answer["data"]["results"]} == {"SUCCESS"}
+
+
+def test_records_need_a_live_token_and_the_right_organisation(sandbox):
+    body = {"records": [{"data": {}, "lookupKey": "acme.com"}]}
+    anonymous = Client(sandbox).ingest("HUBSPOT", "ACCOUNT", body)
+    other_org = Client(sandbox, org_id="org-other")
+    other_org.login()
+    refused = other_org.ingest("HUBSPOT", "ACCOUNT", body)
+    unknown_source = Client(sandbox).ingest("PIPEDRIVE", "ACCOUNT", body)  # the session is checked first
+
+    assert anonymous.status_code == 401
+    assert anonymous.json()["status"]["code"] == "AU401"
+    assert refused.status_code == 403
+    assert unknown_source.status_code == 401
+    assert sandbox.entities("ACCOUNT") == {}
+    assert [exchange.status for exchange in sandbox.exchanges] == [401, 403, 401]
+
+
+def test_reject_fault_names_the_bad_record_on_records_requests(client, sandbox):
+    sandbox.add_fault("reject=bad.example.com")
+    records = [
+        {"data": {}, "lookupKey": "good.example.com"},
+        {"data": {}, "lookupKey": "https://Bad.example.com"},
+    ]
+
+    rejected = client.ingest("HUBSPOT", "ACCOUNT", {"records": records})
+    passed = client.ingest("HUBSPOT", "ACCOUNT", {"records": records[:1]})
+
+    assert rejected.status_code == 400
+    assert rejected.json()["status"] == {
+        "code": "CM400",
+        "message": "Validation failed for record 2 (lookupKey 'bad.example.com')",
+    }
+    assert passed.status_code == 200
+    assert list(sandbox.entities("ACCOUNT")) == ["good.example.com"]
+    assert [exchange.fault for exchange in sandbox.exchanges] == ["reject", None]
+
+
+def test_omit_and_rate_limit_faults_apply_to_records_requests(client, sandbox):
+    sandbox.add_fault("omit=1")
+    sandbox.add_fault("429=3")
+    records = [{"data": {}, "lookupKey": f"c{n}.com"} for n in range(4)]
+
+    omitted = client.ingest("HUBSPOT", "ACCOUNT", {"records": records}).json()
+    limited = client.ingest("HUBSPOT", "ACCOUNT", {"records": records})
+    passed = client.ingest("HUBSPOT", "ACCOUNT", {"records": records}).json()
+
+    assert omitted["data"]["totalProcessed"] == 4
+    assert len(omitted["data"]["results"]) == 3
+    assert len(sandbox.entities("ACCOUNT")) == 4  # all were written; one result is missing
+    assert (limited.status_code, limited.headers["Retry-After"]) == (429, "3")
+    assert {result["status"] for result in passed["data"]["results"]} == {"SKIPPED"}
+    assert [exchange.fault for exchange in sandbox.exchanges] == ["omit", "429", None]
+
+
+def test_exchanges_record_the_records_endpoint_its_source_and_object_type(client, sandbox):
+    client.bulk_results("accounts", [{"domain": "acme.com"}])
+    records = [{"data": {}, "lookupKey": " Ann@Acme.com "}, {"data": {}}, {"data": {}, "lookupKey": ""}]
+    client.ingest("SALESFORCE", "CONTACT", {"records": records})
+
+    bulk, ingested = sandbox.exchanges
+    assert (bulk.endpoint, bulk.stream, bulk.source) == ("bulk", "accounts", None)
+    assert (ingested.endpoint, ingested.stream, ingested.source) == ("records", "CONTACT", "SALESFORCE")
+    assert ingested.lookup_keys == ("ann@acme.com", None, None)
+    assert ingested.status == 200
+    assert ingested.answered_at is not None
+    assert ingested.answered_at >= ingested.received_at
+    assert sandbox.peak_in_flight == 1
+    assert sandbox.in_flight == 0
+
+
+def test_entities_listing_shows_what_records_stored(client, sandbox):
+    client.ingest(
+        "HUBSPOT",
+        "ACCOUNT",
+        {"records": [{"data": {"name": "Acme"}, "sourceRecordId": "0015g00000ABC", "lookupKey": "acme.com"}]},
+    )
+
+    listing = requests.get(f"{sandbox.url}/_sandbox/entities", timeout=5).json()
+
+    assert listing == {
+        "ACCOUNT": {
+            "acme.com": {
+                "id": sandbox.entities("ACCOUNT")["acme.com"].id,
+                "data": {"name": "Acme"},
+                "source": "HUBSPOT",
+                "sourceRecordId": "0015g00000ABC",
+                "writes": 1,
+            }
+        },
+        "CONTACT": {},
+    }
+
+
+def test_command_line_ingests_the_sources_it_is_given():
+    process = subprocess.Popen(
+        [
+            SANDBOX_COMMAND,
+            "--exit-after",
+            "20",
+            "--access-key",
+            ACCESS_KEY,
+            "--org-id",
+            ORG_ID,
+            "--source",
+            "PIPEDRIVE",
+            "--source",
+            "HUBSPOT",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split()[-1]
+        session = requests.Session()
+        params = {"authenticationType": "ACCESS_KEY", "code": ACCESS_KEY, "orgId": ORG_ID}
+        token = session.get(f"{url}/api/g/v1/auth/tokens", params=params, timeout=5).json()
+        session.headers["Authorization"] = f"Bearer {token['data']['sessionToken']}"
+        session.headers["x-organisation-id"] = ORG_ID
+        body = {"records": [{"data": {}, "lookupKey": "acme.com"}]}
+        paths = [
+            f"{url}/api/t/v1/targets/integrations/{source}/ACCOUNT/records"
+            for source in ("PIPEDRIVE", "SALESFORCE")
+        ]
+        pipedrive, salesforce = (session.post(path, json=body, timeout=5) for path in paths)
+    finally:
+        process.terminate()
+    _, stderr = process.communicate(timeout=10)
+
+    assert pipedrive.status_code == 200
+    assert salesforce.status_code == 400
+    assert (
+        salesforce.json()["status"]["message"]
+        == "Unknown source 'SALESFORCE': this API ingests HUBSPOT, PIPEDRIVE"
+    )
+    assert process.returncode == 0
+    assert "stopped after 2 data requests" in stderr
+    assert "entities {'ACCOUNT': 1, 'CONTACT': 0}" in stderr
+
+
+def test_command_line_refuses_a_lower_case_source():
+    result = subprocess.run(
+        [SANDBOX_COMMAND, "--source", "hubspot"], capture_output=True, text=True, timeout=10, check=False
+    )
+
+    assert result.returncode == 2
+    assert "source 'hubspot' must be upper case" in result.stderr
 
 
 def test_command_line_refuses_a_bad_fault():

@@ -10,6 +10,7 @@ import threading
 import typing as t
 
 from target_cbx1.sandbox import faults
+from target_cbx1.sandbox.ingestion import DEFAULT_SOURCES, check_source_name
 from target_cbx1.sandbox.server import DEFAULT_ACCESS_KEY, DEFAULT_ORG_ID, Sandbox
 
 
@@ -20,13 +21,21 @@ def lookup_field(text: str) -> tuple[str, str]:
     return stream, field_name
 
 
+def source_name(text: str) -> str:
+    try:
+        return check_source_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(
         prog="cbx1-sandbox",
-        description="A local CBX1 API (auth, /bulk, /upsert) for demos and tests.\n"
+        description="A local CBX1 API (auth, /bulk, /upsert, and the unified ingestion endpoint\n"
+        "POST /api/t/v1/targets/integrations/{SOURCE}/{ACCOUNT|CONTACT}/records) for demos and tests.\n"
         "It prints its URL, then serves until interrupted.\n"
-        "GET /_sandbox/records lists what it stored; POST /_sandbox/faults with a JSON list\n"
-        "of specs scripts more faults.",
+        "GET /_sandbox/records lists what /bulk and /upsert stored, GET /_sandbox/entities the\n"
+        "entities /records stored; POST /_sandbox/faults with a JSON list of specs scripts more faults.",
         epilog=faults.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -50,7 +59,16 @@ def parser() -> argparse.ArgumentParser:
         metavar="STREAM=FIELD",
         help="serve another target besides accounts=domain and contacts=email",
     )
-    cli.add_argument("--seed", type=int, help="seed for the order of /bulk results (default: random)")
+    cli.add_argument(
+        "--source",
+        action="append",
+        type=source_name,
+        metavar="SOURCE",
+        help=f"a SOURCE /records ingests, repeatable; given, it replaces {', '.join(DEFAULT_SOURCES)}",
+    )
+    cli.add_argument(
+        "--seed", type=int, help="seed for the order of /bulk and /records results (default: random)"
+    )
     cli.add_argument("--exit-after", type=float, help="stop by itself after this many seconds")
     cli.add_argument("--verbose", action="store_true", help="log every request on stderr")
     return cli
@@ -69,6 +87,7 @@ def main(argv: t.Sequence[str] | None = None) -> int:
             faults=args.fault,
             lookup_fields={"accounts": "domain", "contacts": "email", **dict(args.lookup_field)},
             seed=args.seed,
+            sources=args.source or DEFAULT_SOURCES,
         )
     except (faults.FaultSpecError, OSError) as error:
         print(f"cbx1-sandbox: {error}", file=sys.stderr)
@@ -80,7 +99,11 @@ def main(argv: t.Sequence[str] | None = None) -> int:
         print(f"CBX1 sandbox listening on {sandbox.url}", flush=True)
         stopped.wait(args.exit_after)
     stored = {stream: len(records) for stream, records in sandbox.store.records.items()}
-    summary = f"CBX1 sandbox stopped after {len(sandbox.exchanges)} data requests; stored {stored}"
+    entities = {kind: len(by_key) for kind, by_key in sandbox.entity_store.entities.items()}
+    summary = (
+        f"CBX1 sandbox stopped after {len(sandbox.exchanges)} data requests; stored {stored}; "
+        f"entities {entities}"
+    )
     print(summary, file=sys.stderr)
     return 0
 

@@ -1,17 +1,18 @@
 """Scripted faults: what the sandbox does wrong, to which requests, and how many times.
 
 A fault is written `KIND[=ARG][*COUNT]`; it applies to the next COUNT data requests (default 1,
-`*always` for every one). `reject=KEY` applies to every request carrying that lookup key.
+`*always` for every one) on /bulk, /upsert and /records alike. `reject=KEY` applies to every
+request carrying that lookup key (for /records, a record's normalised lookupKey).
 
     429=2        429 Too Many Requests with Retry-After: 2 (seconds; default 1)
     500..504     that status with an HTML body, as a gateway sends
     401          the session token is refused once, as when it was revoked
     slow=SECONDS write, then answer SECONDS late (default 5), as a server that is merely slow
     drop         close the connection without answering (nothing is written)
-    omit=N       leave N results out of a /bulk answer (default 1)
+    omit=N       leave N results out of a /bulk or /records answer (default 1)
     not-cm000    HTTP 200 whose envelope says the request failed
     body=KIND    HTTP 200 with a body that is not the envelope: html, empty or truncated
-    reject=KEY   400 naming the record with that lookup key, for /bulk and /upsert alike
+    reject=KEY   400 naming the record with that lookup key, for /bulk, /upsert and /records alike
 """
 
 from __future__ import annotations

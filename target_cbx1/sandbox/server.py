@@ -1,4 +1,4 @@
-"""The sandbox's HTTP side: the CBX1 contract (auth, /bulk, /upsert) on 127.0.0.1, faults applied."""
+"""The sandbox's HTTP side: the CBX1 contract (auth, /bulk, /upsert, /records) on 127.0.0.1, with faults."""
 
 from __future__ import annotations
 
@@ -15,12 +15,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from target_cbx1.sandbox.faults import GATEWAY_STATUSES, Fault, FaultScript, FaultSpecError
+from target_cbx1.sandbox.ingestion import (
+    DEFAULT_SOURCES,
+    EntityStore,
+    IngestionRequestError,
+    StoredEntity,
+    read_records,
+)
 from target_cbx1.sandbox.store import StoredRecord, UnknownTargetError, UpsertStore
 
 DEFAULT_ACCESS_KEY = "sandbox-access-key"
 DEFAULT_ORG_ID = "sandbox-org"
 TOKEN_PATH = "/api/g/v1/auth/tokens"
 DATA_PATH = re.compile(r"^/api/t/v1/targets/(?P<stream>[^/]+)/(?P<endpoint>bulk|upsert)$")
+RECORDS_PATH = re.compile(
+    r"^/api/t/v1/targets/integrations/(?P<source>[^/]+)/(?P<object_type>[^/]+)/records$"
+)
 GATEWAY_PAGE = "<html><head><title>{status} Error</title></head><body><h1>{status} Error</h1></body></html>"
 BROKEN_BODIES = {
     "html": "<html><body><h1>Scheduled maintenance</h1></body></html>",
@@ -43,7 +53,10 @@ class Answer:
 
 @dataclass
 class Exchange:
-    """One data request as the sandbox saw it; times are time.monotonic() values."""
+    """One data request as the sandbox saw it; times are time.monotonic() values.
+
+    For /records, `stream` is the OBJECT_TYPE and `source` the SOURCE of the path (None for the others).
+    """
 
     endpoint: str
     stream: str
@@ -52,6 +65,10 @@ class Exchange:
     fault: str | None
     received_at: float
     answered_at: float | None = None
+    source: str | None = None
+
+
+Handled = tuple[Answer | None, tuple[str | None, ...], Fault | None]
 
 
 def envelope(status: int, code: str, message: str, data: t.Any = None, **headers: str) -> Answer:
@@ -75,12 +92,14 @@ class Sandbox:
         faults: t.Iterable[str] = (),
         lookup_fields: t.Mapping[str, str] | None = None,
         seed: int | None = None,
+        sources: t.Iterable[str] = DEFAULT_SOURCES,
     ) -> None:
         self.access_key = access_key
         self.org_id = org_id
         self.latency = latency_ms / 1000
         self.token_max_age = token_max_age
         self.store = UpsertStore() if lookup_fields is None else UpsertStore(dict(lookup_fields))
+        self.entity_store = EntityStore(tuple(sources))
         self.faults = FaultScript()
         for spec in faults:
             self.faults.add(spec)
@@ -126,6 +145,10 @@ class Sandbox:
         """What the store holds for a stream, by lookup key."""
         return dict(self.store.records.get(stream, {}))
 
+    def entities(self, object_type: str) -> dict[str, StoredEntity]:
+        """What the ingestion store holds for ACCOUNT or CONTACT, by normalised lookup key."""
+        return dict(self.entity_store.entities.get(object_type, {}))
+
     def respond(self, method: str, target: str, headers: t.Mapping[str, str], body: bytes) -> Answer | None:
         """The answer to one request (None: drop the connection); header names in lower case."""
         url = urlsplit(target)
@@ -133,10 +156,12 @@ class Sandbox:
             return self._delayed(self._issue_token(parse_qs(url.query)))
         if url.path.startswith("/_sandbox/"):
             return self._control(method, url.path, body)
-        match = DATA_PATH.match(url.path)
-        if method != "POST" or match is None:
-            return envelope(404, "CM404", f"No route for {method} {url.path}")
-        return self._data(unquote(match["stream"]), match["endpoint"], headers, body)
+        if method == "POST" and (match := DATA_PATH.match(url.path)):
+            return self._data(match["endpoint"], unquote(match["stream"]), None, headers, body)
+        if method == "POST" and (match := RECORDS_PATH.match(url.path)):
+            object_type, source = unquote(match["object_type"]), unquote(match["source"])
+            return self._data("records", object_type, source, headers, body)
+        return envelope(404, "CM404", f"No route for {method} {url.path}")
 
     def _delayed(self, answer: Answer) -> Answer:
         if self.latency:
@@ -155,6 +180,8 @@ class Sandbox:
     def _control(self, method: str, path: str, body: bytes) -> Answer:
         if method == "GET" and path == "/_sandbox/records":
             return Answer(200, json.dumps(self.store.listing()))
+        if method == "GET" and path == "/_sandbox/entities":
+            return Answer(200, json.dumps(self.entity_store.listing()))
         if method == "POST" and path == "/_sandbox/faults":
             try:
                 for spec in json.loads(body or b"[]"):
@@ -164,15 +191,22 @@ class Sandbox:
             return envelope(200, "CM000", "Success")
         return envelope(404, "CM404", f"No sandbox route for {method} {path}")
 
-    def _data(self, stream: str, endpoint: str, headers: t.Mapping[str, str], body: bytes) -> Answer | None:
+    def _data(
+        self, endpoint: str, stream: str, source: str | None, headers: t.Mapping[str, str], body: bytes
+    ) -> Answer | None:
+        """Answer one data request, with latency, in-flight tracking and its Exchange recorded."""
         received_at = time.monotonic()
         with self._lock:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
-            answer, keys, fault = self._data_answer(stream, endpoint, headers, body)
+            answer, keys, fault = (
+                self._records_answer(source, stream, headers, body)
+                if source is not None  # only /records has a SOURCE
+                else self._data_answer(stream, endpoint, headers, body)
+            )
             status, kind = (answer.status if answer else None), (fault.kind if fault else None)
-            exchange = Exchange(endpoint, stream, keys, status, kind, received_at)
+            exchange = Exchange(endpoint, stream, keys, status, kind, received_at, source=source)
             with self._lock:
                 self.exchanges.append(exchange)
             if fault is not None and fault.kind == "slow":
@@ -184,25 +218,47 @@ class Sandbox:
             with self._lock:
                 self.in_flight -= 1
 
-    def _data_answer(
-        self, stream: str, endpoint: str, headers: t.Mapping[str, str], body: bytes
-    ) -> tuple[Answer | None, tuple[str | None, ...], Fault | None]:
-        """(answer, lookup keys of the records, the fault applied) for one data request."""
+    def _data_answer(self, stream: str, endpoint: str, headers: t.Mapping[str, str], body: bytes) -> Handled:
+        """(answer, lookup keys of the records, the fault applied) for one /bulk or /upsert request."""
         refusal = self._check_session(headers) or self._check_body(stream, endpoint, body)
         if refusal is not None:
             return refusal, (), None
         payload = json.loads(body)
         records = payload if endpoint == "bulk" else [payload]
         keys = tuple(self.store.key_of(stream, record) for record in records)
+        if endpoint == "bulk":
+            answer, fault = self._with_faults(keys, lambda fault: self._upsert_all(stream, records, fault))
+        else:
+            answer, fault = self._with_faults(keys, lambda _: self._upsert(stream, payload))
+        return answer, keys, fault
+
+    def _records_answer(
+        self, source: str, object_type: str, headers: t.Mapping[str, str], body: bytes
+    ) -> Handled:
+        """(answer, lookup keys of the records, the fault applied) for one /records request."""
+        refusal = self._check_session(headers)
+        if refusal is not None:
+            return refusal, (), None
+        try:
+            self.entity_store.check_path(source, object_type)
+            records = read_records(body)
+        except IngestionRequestError as error:
+            return envelope(400, "CM400", str(error)), (), None
+        keys = tuple(self.entity_store.key_of(object_type, record) for record in records)
+        answer, fault = self._with_faults(
+            keys, lambda fault: self._ingest_all(source, object_type, records, fault)
+        )
+        return answer, keys, fault
+
+    def _with_faults(
+        self, keys: tuple[str | None, ...], write: t.Callable[[Fault | None], Answer]
+    ) -> tuple[Answer | None, Fault | None]:
+        """The fault for a request carrying these keys, and the answer: the fault's, or what write() gives."""
         fault = self.faults.take(keys)
         answer = self._faulty(fault, keys) if fault else None
         if answer is None and (fault is None or fault.kind in ("slow", "omit")):
-            answer = (
-                self._upsert_all(stream, records, fault)
-                if endpoint == "bulk"
-                else self._upsert(stream, payload)
-            )
-        return answer, keys, fault
+            answer = write(fault)
+        return answer, fault
 
     def _check_session(self, headers: t.Mapping[str, str]) -> Answer | None:
         """401 without a live session token, 403 for another organisation; None when both are right."""
@@ -251,15 +307,31 @@ class Sandbox:
 
     def _upsert_all(self, stream: str, records: list[t.Any], fault: Fault | None) -> Answer:
         results = [self.store.upsert(stream, record).as_result() for record in records]
+        return self._summary(results, fault, lambda result: bool(result["success"]))
+
+    def _ingest_all(
+        self, source: str, object_type: str, records: list[dict[str, t.Any]], fault: Fault | None
+    ) -> Answer:
+        results = [self.entity_store.ingest(source, object_type, record) for record in records]
+        return self._summary(results, fault, lambda result: result["status"] != "FAILED")
+
+    def _summary(
+        self,
+        results: list[dict[str, t.Any]],
+        fault: Fault | None,
+        succeeded: t.Callable[[dict[str, t.Any]], bool],
+    ) -> Answer:
+        """The 200 answer to a batch: its results shuffled, less those an omit fault drops, and the counts."""
+        total = len(results)
         with self._lock:
             self._random.shuffle(results)
         if fault is not None and fault.kind == "omit":
             results = results[int(fault.number(1)) :]
-        successful = sum(1 for result in results if result["success"])
+        successful = sum(1 for result in results if succeeded(result))
         data = {
-            "totalProcessed": len(records),
+            "totalProcessed": total,
             "successful": successful,
-            "failed": len(records) - successful,
+            "failed": total - successful,
             "results": results,
         }
         return envelope(200, "CM000", "Success", data)

@@ -57,6 +57,15 @@ def normalise(kind: str, value: str) -> str:
     return key
 
 
+def is_valid(kind: str, key: str) -> bool:
+    """Whether a normalised key passes its kind's check: a host name for domains, an address for emails."""
+    if kind == "domain":
+        return bool(_HOST.match(key))
+    if kind == "email":
+        return bool(_EMAIL.match(key))
+    return True
+
+
 def kind_of(field_name: str) -> str:
     name = field_name.lower()
     return "email" if "email" in name else "domain" if "domain" in name else "text"
@@ -88,7 +97,7 @@ class UpsertStore:
         if kind != "text" and not isinstance(value, str):
             return Outcome(str(value), error=f"Invalid {kind}")
         key = normalise(kind, str(value))
-        if (kind == "domain" and not _HOST.match(key)) or (kind == "email" and not _EMAIL.match(key)):
+        if not is_valid(kind, key):
             return Outcome(key, error=f"Invalid {kind}")
         with self._lock:
             stored = self.records.setdefault(stream, {})
