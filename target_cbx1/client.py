@@ -1,280 +1,76 @@
-"""The HTTP side: Cbx1Client (one session, headers, token, retries) and ApiSink, the base of both sinks."""
+"""ApiSink, the base of BatchSink and RecordSink: records in, payloads out through the stream's contract."""
 
 from __future__ import annotations
 
 import abc
-import collections
 import contextlib
-import hashlib
 import logging
-import os
-import threading
 import time
 import typing as t
 from dataclasses import dataclass
-from time import sleep
-from urllib.parse import quote, urljoin
 
-import requests
-from pydantic import BaseModel, ValidationError
-from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
 from singer_sdk.exceptions import InvalidRecord, MissingKeyPropertiesError
 from singer_sdk.sinks import Sink
 
 from target_cbx1 import jsonio
-from target_cbx1.auth import TOKEN_PATH, SessionTokenAuth, TokenListener
-from target_cbx1.errors import (
-    ApiOutageError,
-    CredentialsError,
-    RejectedError,
-    RequestFailedError,
-    StopRequested,
-    TransientError,
-)
-from target_cbx1.models import UpsertData
+from target_cbx1.context import HasRunContext
+from target_cbx1.errors import ApiOutageError, RequestFailedError
 from target_cbx1.pipeline import RequestPool
-from target_cbx1.progress import StreamStats
-from target_cbx1.ratelimit import RateLimiter
-from target_cbx1.records import (
-    PayloadOptions,
-    RecordRejectedError,
-    build_payload,
-    external_id_of,
-    record_hash,
-)
-from target_cbx1.redaction import mask
-from target_cbx1.responses import read_envelope_data, server_message
-from target_cbx1.retries import Action, RetryPolicy, action_for, parse_retry_after
+from target_cbx1.records import RecordRejectedError, record_hash
+from target_cbx1.responses import read_answer
 from target_cbx1.validation import CompiledValidator
 
 if t.TYPE_CHECKING:
+    from singer_sdk.target_base import Target
+
+    from target_cbx1.contracts.base import Contract, Outcome, Payload
     from target_cbx1.ledger import Entry
-    from target_cbx1.settings import Settings
-    from target_cbx1.target import TargetCBX1
 
-logger = logging.getLogger("target-cbx1.client")
-DataModel = t.TypeVar("DataModel", bound=BaseModel)
-
-
-class Cbx1Client:
-    """One HTTP session for the whole run: base URL, headers, session token and retries."""
-
-    def __init__(self, settings: Settings, on_new_token: TokenListener | None = None) -> None:
-        self.base_url = settings.api_url.rstrip("/") + "/"
-        self.timeout = settings.timeout
-        self.session = requests.Session()
-        self.session.headers.update(
-            {
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": settings.user_agent,
-                "x-organisation-id": settings.org_id,
-                **{header.name: header.value for header in settings.custom_headers},
-            }
-        )
-        self.policy = RetryPolicy(
-            max_retries=settings.max_retries,
-            base_seconds=settings.backoff_base_seconds,
-            max_seconds=settings.backoff_max_seconds,
-            retry_after_max_seconds=settings.retry_after_max_seconds,
-        )
-        # The environment's proxies and CA bundle are read once, not on every request (that costs
-        # more CPU than the rest of a request).
-        self.session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
-        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        self.session.trust_env = False
-        connections = HTTPAdapter(pool_maxsize=max(10, 4 * settings.max_concurrency))
-        self.session.mount("https://", connections)
-        self.session.mount("http://", connections)
-        self.rate = RateLimiter(settings.max_requests_per_second)
-        self.max_failures_in_a_row = settings.max_consecutive_request_failures
-        self.failures_in_a_row = 0
-        self.gave_up = 0
-        self.requests_by_path: collections.Counter[str] = collections.Counter()
-        self.retries_by_path: collections.Counter[str] = collections.Counter()
-        self.outage: ApiOutageError | None = None
-        self.stop_signal: str | None = None
-        self._lock = threading.Lock()
-        self._headers = {name: str(value) for name, value in self.session.headers.items()}
-        self.auth = SessionTokenAuth(
-            self.session,
-            self.url(TOKEN_PATH),
-            access_key=settings.access_key.get_secret_value(),
-            org_id=settings.org_id,
-            timeout=settings.timeout,
-            token=settings.access_token.get_secret_value() if settings.access_token else None,
-            expires_at=settings.expires_in,
-            on_new_token=on_new_token,
-        )
-
-    def url(self, path: str) -> str:
-        return urljoin(self.base_url, path)
-
-    def post(self, path: str, body: bytes) -> t.Any:
-        """POST a JSON body and return the answer's `data`.
-
-        Raises RequestFailedError (the request's records fail, the run goes on), CredentialsError or
-        ApiOutageError (the run stops), or StopRequested (a signal arrived; nothing more is sent).
-        """
-        with self._lock:
-            self.requests_by_path[path] += 1
-        delays = self.policy.delays()
-        token_refreshed = False
-        attempts = 0
-        while True:
-            self.raise_if_stopping()
-            attempts += 1
-            try:
-                token = self.auth.token()
-                response = self._post_once(path, body, token)
-                action = action_for(response.status_code)
-                if action is not Action.RETRY:
-                    self.failures_in_a_row = 0
-                if response.status_code == 429:
-                    self.rate.slow_down()
-                if action is Action.REFRESH_TOKEN and not token_refreshed:
-                    logger.info("CBX1 answered 401 to %s; fetching a new session token", path)
-                    self.auth.refresh_after_rejection(token)
-                    token_refreshed = True
-                    continue
-                return self._answer(response, action)
-            except requests.RequestException as exc:
-                error = TransientError(describe_network_error(exc, self.timeout))
-            except TransientError as exc:
-                error = exc
-            backoff = next(delays, None)
-            if backoff is None:
-                raise self._gave_up(f"{error} (gave up after {attempts} attempts)")
-            wait = self.policy.wait_for(backoff, error.retry_after)
-            if wait is None:
-                raise self._gave_up(
-                    f"{error}; the server asked to retry after {error.retry_after:.0f} s, longer "
-                    f"than retry_after_max_seconds ({self.policy.retry_after_max_seconds:.0f} s)"
-                )
-            logger.warning("%s failed (%s); retry %d in %.1f s", path, error, attempts, wait)
-            with self._lock:
-                self.retries_by_path[path] += 1
-            sleep(wait)
-
-    def _post_once(self, path: str, body: bytes, token: str) -> requests.Response:
-        """One HTTP attempt, within the rate limit.
-
-        The request is prepared by hand and sent without redirects: the API sends none, and skipping
-        requests' generic preparation saves a third of the CPU a request costs.
-        """
-        self.rate.acquire()
-        request = requests.PreparedRequest()
-        request.method = "POST"
-        request.url = self.url(path)
-        request.headers = CaseInsensitiveDict(
-            {**self._headers, "Authorization": f"Bearer {token}", "Content-Length": str(len(body))}
-        )
-        request.body = body
-        request.hooks = {"response": []}
-        return self.session.send(request, timeout=self.timeout, allow_redirects=False)
-
-    def raise_if_stopping(self) -> None:
-        """Before anything new is read or sent: stop for a signal (or a fatal error), or an outage."""
-        if self.stop_signal is not None:
-            raise StopRequested(self.stop_signal)
-        if self.outage is not None:
-            raise ApiOutageError(str(self.outage), request_error=None)
-
-    def _gave_up(self, message: str) -> RequestFailedError | ApiOutageError:
-        """The error for a request whose retries are spent: an outage once too many failed in a row."""
-        with self._lock:
-            self.failures_in_a_row += 1
-            self.gave_up += 1
-            failures = self.failures_in_a_row
-        logger.error("Request failed after its retries: %s", message)
-        if failures < self.max_failures_in_a_row:
-            return RequestFailedError(message)
-        self.outage = ApiOutageError(
-            f"CBX1 looks down: {failures} requests in a row failed after all their "
-            f"retries (last: {message}). The run stopped; the state of what was written is printed. "
-            "Rerun the job once the API answers again: records that were not sent will be sent then.",
-            request_error=message,
-        )
-        return self.outage
-
-    @staticmethod
-    def _answer(response: requests.Response, action: Action) -> t.Any:
-        status = response.status_code
-        if action is Action.ACCEPT:
-            return read_envelope_data(response)
-        message = server_message(response)
-        if action is Action.RETRY:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            raise TransientError(f"HTTP {status}: {message}", retry_after=retry_after)
-        if action is Action.REFRESH_TOKEN:
-            raise CredentialsError(
-                f"CBX1 rejected a freshly issued session token (HTTP 401: {message}). "
-                "Check that access_key and org_id belong to the same organisation."
-            )
-        if action is Action.DENY:
-            raise CredentialsError(
-                f"CBX1 refused the request (HTTP 403: {message}). The access key lacks permission "
-                "for this organisation or endpoint; ask a CBX1 admin to grant it."
-            )
-        raise RejectedError(f"CBX1 rejected the request (HTTP {status}: {message})", status)
-
-
-def describe_network_error(exc: requests.RequestException, timeout: float) -> str:
-    """A short, secret-free account of a failure below HTTP."""
-    if isinstance(exc, requests.Timeout):
-        return f"no answer within the {timeout:g} s timeout"
-    if isinstance(exc, requests.ConnectionError):
-        return f"connection failed: {mask(str(exc))}"
-    return f"request failed: {mask(str(exc))}"
-
-
-def target_path(stream: str, endpoint: str) -> str:
-    """The API path of a stream's /bulk or /upsert endpoint (the stream name URL-quoted)."""
-    return f"api/t/v1/targets/{quote(stream, safe='')}/{endpoint}"
-
-
-def batch_id(stream: str, index: int) -> str:
-    """HotGlue's hgBatchId: md5 hex of JOB_ROOT:stream:index."""
-    job_root = os.environ.get("JOB_ROOT", "job_Example")
-    return hashlib.md5(f"{job_root}:{stream}:{index}".encode()).hexdigest()
+State = dict[str, t.Any]
+# What hgBatchId adds to a payload's JSON: ,"hgBatchId":"<32 hex digits>"
+BATCH_ID_BYTES = len(jsonio.encode({"hgBatchId": "0" * 32})) - 1
 
 
 @dataclass
 class Pending:
-    """A prepared record waiting for its request."""
+    """A prepared record waiting for its request: `path` is the request it can travel in, `size` the
+    bytes of its JSON (0 when max_request_bytes is off).
+    """
 
     entry: Entry
     key: str
-    payload: dict[str, t.Any]
+    payload: Payload
+    path: str
+    size: int = 0
 
 
 class ApiSink(Sink):
-    """Base of BatchSink and RecordSink: accepts records into the ledger and sends payloads."""
-
-    endpoint: t.ClassVar[str]
+    """Base of BatchSink and RecordSink: gives each record its state entry, prepares it by its stream's
+    route, sends it through the route's contract, and records each outcome with `update_state`.
+    """
 
     def __init__(
         self,
-        target: TargetCBX1,
+        target: Target,
         stream_name: str,
         schema: dict,
         key_properties: t.Sequence[str] | None,
     ) -> None:
         super().__init__(target, stream_name, schema, key_properties)
-        self.cbx1 = target
-        self.client = target.client
-        self.path = target_path(stream_name, self.endpoint)
-        self.upsert_path = target_path(stream_name, "upsert")
-        self.lookup = target.lookup_rule(stream_name, self.key_properties)
-        self.options = PayloadOptions(target.settings.add_stream_key, target.settings.metadata)
-        self.output_mapped_record = os.environ.get("OUTPUT_MAPPED_RECORD", "").lower() == "true"
+        if not isinstance(target, HasRunContext):
+            raise TypeError(f"{type(self).__name__} needs a target that hands it a run context")
+        self.run = target.run_context
+        self.settings = self.run.settings
+        self.route = self.run.router.route(stream_name, schema, self.key_properties)
+        self.stats = self.run.stats(stream_name)
         self.requests = RequestPool(
-            target.settings.max_concurrency, f"cbx1-{stream_name}", lambda: self.client.stop_signal
+            self.settings.max_concurrency, f"cbx1-{stream_name}", lambda: self.run.session.stop_signal
         )
-        self.sent = 0
-        self.started_at = time.monotonic()
-        target.ledger.open_stream(stream_name)
+        self.run.ledger.open_stream(stream_name)
+
+    @property
+    def contract(self) -> Contract:
+        return self.route.contract
 
     @property
     def batch_processing_timer(self) -> t.Any:
@@ -298,6 +94,14 @@ class ApiSink(Sink):
                 "its stream's key properties; check the tap."
             )
 
+    def clean_up(self) -> None:
+        """The stream is done: wait for its requests (raising what stopped one), then end its threads."""
+        self.requests.wait()
+        self.requests.close()
+        super().clean_up()
+
+    # Records in
+
     def process_record(self, record: dict, context: dict) -> None:
         """A record given directly is accepted as received."""
         self.accept(record, record)
@@ -307,16 +111,15 @@ class ApiSink(Sink):
         self._singer_validate_message(record)
         self.tally_record_read()
         self.record_counter_metric.increment()
-        entry = self.cbx1.ledger.add(self.stream_name, record_hash(received), external_id_of(record))
+        entry = self.run.ledger.add(self.stream_name, record_hash(received), self.route.external_id(record))
         if entry is None or entry.original is not None:
             return  # written by an earlier run of this job, or identical to an earlier record
-        if self.lookup is None:
-            entry.fail(self.cbx1.missing_lookup_message(self.stream_name))
-            return
         try:
             if self._validator is not None:
                 self._validator.validate(record)
-            key, payload = build_payload(record, self.stream_name, self.lookup, self.options)
+            key, payload = self.route.prepare(record)
+            pending = Pending(entry, key, payload, self.contract.batch_path(payload))
+            self._measure(pending)
         except InvalidRecord as exc:
             entry.fail(f"record does not match the schema of stream {self.stream_name!r}: {exc}")
             return
@@ -325,76 +128,141 @@ class ApiSink(Sink):
             entry.fail(str(exc))
             return
         entry.lookup_key = key
-        self.enqueue(Pending(entry, key, payload))
+        self.enqueue(pending)
+
+    def _measure(self, pending: Pending) -> None:
+        """With max_request_bytes: note the record's size; a record no request can carry is refused."""
+        limit = self.settings.max_request_bytes
+        if limit is None:
+            return
+        pending.size = len(jsonio.encode(pending.payload))
+        if self.settings.inject_batch_ids:
+            pending.size += BATCH_ID_BYTES
+        alone = self.body_size([pending])
+        if alone > limit:
+            raise RecordRejectedError(
+                f"the record is too large to send: its request body would be {alone} bytes, over "
+                f"max_request_bytes ({limit}); shorten its fields or raise the limit",
+                pending.key,
+            )
+
+    def body_size(self, batch: t.Sequence[Pending]) -> int:
+        """The bytes of the JSON body that would carry these records (their sizes must be measured)."""
+        empty = len(jsonio.encode(self.contract.batch_body([])))
+        return empty + sum(pending.size for pending in batch) + max(len(batch) - 1, 0)
 
     @abc.abstractmethod
     def enqueue(self, pending: Pending) -> None:
         """Send the record now, or keep it for the next request."""
 
-    def dispatch(self, batch: list[Pending], path: str, work: t.Callable[[], None]) -> None:
+    # Requests out
+
+    def dispatch(self, batch: list[Pending], work: t.Callable[[], None], *, single: bool) -> None:
         """Hand a new request to the pool (in a dry run, to the dry run instead)."""
         self.stamp(batch)
-        self.sent += len(batch)
-        if self.cbx1.dry_run is not None:
-            self.cbx1.dry_run.take(self.stream_name, path, batch)
+        self.stats.sent += len(batch)
+        dry_run = self.run.dry_run
+        if dry_run is not None:
+            first = batch[0].payload
+            path = self.contract.single_path(first) if single else self.contract.batch_path(first)
+            body = (
+                self.contract.single_body(first)
+                if single
+                else self.contract.batch_body([pending.payload for pending in batch])
+            )
+            dry_run.take(self.stream_name, path, body, [pending.entry for pending in batch])
             return
         self.requests.submit(frozenset(pending.key for pending in batch), work)
 
-    def stats(self) -> StreamStats:
-        """Records sent, requests and retries of this stream, for the final summary."""
-        paths = {self.path, self.upsert_path}
-        requests_made = sum(self.client.requests_by_path[path] for path in paths)
-        retries = sum(self.client.retries_by_path[path] for path in paths)
-        return StreamStats(self.sent, requests_made, retries, self.started_at)
-
     def stamp(self, batch: list[Pending]) -> None:
         """Give a new request's records their batch id and mapped record, when asked for."""
-        chunk_batch_id = self.cbx1.next_batch_id(self.stream_name)
+        chunk_batch_id = self.run.next_batch_id(self.stream_name)
         for pending in batch:
             if chunk_batch_id is not None:
                 pending.payload["hgBatchId"] = chunk_batch_id
                 pending.entry.batch_id = chunk_batch_id
-            if self.output_mapped_record:
+            if self.run.output_mapped_record:
                 pending.entry.mapped_record = pending.payload
 
-    def exchange(
-        self, batch: list[Pending], model: type[DataModel], path: str, body: t.Any
-    ) -> DataModel | None:
-        """POST the body and read the answer's data as `model`; None when the request failed."""
+    def post(self, path: str, body: t.Any) -> dict[str, t.Any]:
+        """POST a body through the session; CBX1's whole answer once it is a CM000 envelope.
+
+        Raises RequestFailedError (the request's records fail) or an error that stops the run.
+        """
+        response = self.run.session.post(path, jsonio.encode(body), self.stats.counts)
+        return read_answer(response)
+
+    def upsert_record(self, record: Payload, context: dict) -> tuple[str | None, bool, State]:
+        """HotGlue's record hook: send one prepared record in the contract's single-record form.
+
+        Returns (CBX1 id, success, state). RecordSink sends every record this way; BatchSink the
+        records of a chunk CBX1 rejected as a whole. Raises only errors that stop the run.
+        """
+        path = self.contract.single_path(record)
         started = time.monotonic()
         try:
-            data = self.client.post(path, jsonio.encode(body))
-        except ApiOutageError as exc:
-            if exc.request_error is not None:  # this request was tried; others never were
-                self.fail_all(batch, path, started, exc.request_error)
-            raise
+            answer = self.post(path, self.contract.single_body(record))
+            outcome = self.contract.single_outcome(path, answer.get("data"), self.route.payload_key(record))
         except RequestFailedError as exc:
-            self.request_failed(batch, path, started, exc)
-            return None
+            self.finish_request(path, 1, started, 1, str(exc))
+            state = self.failure_state(record, str(exc))
+        else:
+            self.finish_request(path, 1, started, 0 if outcome.success else 1)
+            state = self.state_of(record, outcome)
+        return state["id"], state["success"], state
+
+    def write_alone(self, pending: Pending) -> None:
+        """Send one record alone and record its outcome; a request cut short by an outage fails it."""
         try:
-            return model.model_validate(data if data is not None else {})
-        except ValidationError:
-            self.fail_all(batch, path, started, f"CBX1 answered {path} without a readable data object")
-            return None
+            _, _, state = self.upsert_record(pending.payload, {})
+        except ApiOutageError as exc:
+            if exc.request_error is not None:  # this request was tried; the ones after it never were
+                pending.entry.fail(exc.request_error)
+            raise
+        self.update_state(state, pending.entry)
 
-    def request_failed(
-        self, batch: list[Pending], path: str, started: float, exc: RequestFailedError
-    ) -> None:
+    # Outcomes
+
+    def state_of(self, payload: Payload, outcome: Outcome) -> State:
+        """A record's HotGlue state entry from CBX1's outcome (success, id, externalId, lookupKey, error)."""
+        state: State = {
+            "success": outcome.success,
+            "id": outcome.id,
+            "externalId": self.route.payload_external_id(payload),
+            "lookupKey": self.route.payload_key(payload),
+        }
+        if not outcome.success:
+            state["error"] = outcome.error
+        if outcome.existing:
+            state["existing"] = True
+        if outcome.updated:
+            state["updated"] = True
+        return state
+
+    def failure_state(self, payload: Payload, error: str) -> State:
+        return {
+            "success": False,
+            "id": None,
+            "externalId": self.route.payload_external_id(payload),
+            "lookupKey": self.route.payload_key(payload),
+            "error": error,
+        }
+
+    @staticmethod
+    def update_state(state: State, entry: Entry) -> None:
+        """Record one record's state in its ledger entry (the one tally point, as HotGlue's update_state)."""
+        if state["success"]:
+            entry.succeed(
+                state.get("id"), updated=state.get("updated", False), existing=state.get("existing", False)
+            )
+        else:
+            entry.fail(state.get("error") or "CBX1 did not write the record (no reason given)")
+
+    def fail_all(self, batch: t.Sequence[Pending], path: str, started: float, error: str) -> None:
         """The whole request failed: each of its records fails with the reason."""
-        self.fail_all(batch, path, started, str(exc))
-
-    def fail_all(self, batch: list[Pending], path: str, started: float, error: str) -> None:
         for pending in batch:
             pending.entry.fail(error)
         self.finish_request(path, len(batch), started, len(batch), error)
-
-    def upsert_one(self, pending: Pending, path: str) -> None:
-        """Send one record to /upsert and record its outcome."""
-        started = time.monotonic()
-        answer = self.exchange([pending], UpsertData, path, pending.payload)
-        if answer is not None:
-            pending.entry.succeed(answer.id, updated=answer.updated)
-            self.finish_request(path, 1, started, 0)
 
     def finish_request(
         self, path: str, count: int, started: float, failed: int, error: str | None = None
@@ -411,4 +279,4 @@ class ApiSink(Sink):
             level = logging.WARNING if failed else logging.DEBUG
             message = "%s: %d records in %.3f s: %d succeeded, %d failed"
             self.logger.log(level, message, path, count, took, count - failed, failed)
-        self.cbx1.checkpoint()
+        self.run.checkpoint()

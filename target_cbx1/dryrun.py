@@ -9,8 +9,7 @@ import typing as t
 from target_cbx1 import jsonio
 
 if t.TYPE_CHECKING:
-    from target_cbx1.client import Pending
-    from target_cbx1.ledger import StateLedger
+    from target_cbx1.ledger import Entry, StateLedger
 
 SHOWN_BODIES = 3
 NOT_SENT = "dry run: the record passed every check and was prepared, but not sent"
@@ -24,18 +23,17 @@ class DryRun:
         self.records: collections.Counter[str] = collections.Counter()
         self._shown = 0
 
-    def take(self, stream: str, path: str, batch: list[Pending]) -> None:
+    def take(self, stream: str, path: str, body: t.Any, entries: list[Entry]) -> None:
         """A request a real run would send now: count it, maybe show it, and fail its records."""
-        body: t.Any = [pending.payload for pending in batch] if path.endswith("/bulk") else batch[0].payload
         self.requests[stream] += 1
-        self.records[stream] += len(batch)
+        self.records[stream] += len(entries)
         if self._shown < SHOWN_BODIES:
             self._shown += 1
             sys.stderr.write(
-                f"Dry run: POST {path} would send {len(batch)} records:\n{jsonio.pretty(body)}\n"
+                f"Dry run: POST {path} would send {len(entries)} records:\n{jsonio.pretty(body)}\n"
             )
-        for pending in batch:
-            pending.entry.fail(NOT_SENT)
+        for entry in entries:
+            entry.fail(NOT_SENT)
 
     def print_summary(self, ledger: StateLedger) -> None:
         """One paragraph per stream: what would have been sent, and why the rest would not."""

@@ -10,11 +10,15 @@ class RequestFailedError(Exception):
 
 
 class RejectedError(RequestFailedError):
-    """CBX1 refused the request as wrong (400, 404, 405, 422...); repeating it would not help."""
+    """CBX1 refused the request as wrong (400, 404, 405, 422...); repeating it would not help.
 
-    def __init__(self, message: str, status: int) -> None:
+    `server_message` is CBX1's own words, for telling whether they name a record or the request.
+    """
+
+    def __init__(self, message: str, status: int, server_message: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.server_message = server_message
 
 
 class TransientError(RequestFailedError):

@@ -19,6 +19,7 @@ class Entry:
     __slots__ = (
         "batch_id",
         "error",
+        "existing",
         "external_id",
         "hash",
         "id",
@@ -39,6 +40,7 @@ class Entry:
         self.id: str | None = None
         self.error: str | None = None
         self.updated = False
+        self.existing = False
         self.batch_id: str | None = None
         self.mapped_record: dict[str, t.Any] | None = None
         self.replaced = False
@@ -55,8 +57,9 @@ class Entry:
         entry.mapped_record = bookmark.get("mapped_record")
         return entry
 
-    def succeed(self, cbx1_id: str | None, *, updated: bool = False) -> None:
-        self.success, self.id, self.updated = True, cbx1_id, updated
+    def succeed(self, cbx1_id: str | None, *, updated: bool = False, existing: bool = False) -> None:
+        """CBX1 holds the record; `existing`: it already held the same data (SKIPPED), nothing was written."""
+        self.success, self.id, self.updated, self.existing = True, cbx1_id, updated, existing
 
     def fail(self, error: str) -> None:
         self.success, self.error = False, error
@@ -68,7 +71,8 @@ class Entry:
 
     @property
     def summary_key(self) -> str:
-        if self.original is not None:
+        """existing (a repeat, or data CBX1 already held), else fail, updated or success."""
+        if self.original is not None or self.outcome.existing:
             return "existing"
         if not self.success:
             return "fail"

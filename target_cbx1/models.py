@@ -59,3 +59,18 @@ class UpsertData(_Lenient):
 
     id: str | None = None
     updated: bool = False
+
+
+class IngestionResult(_Lenient):
+    """One record's outcome in an answer of the unified records endpoint."""
+
+    status: str
+    entity_id: str | None = Field(default=None, alias="entityId")
+    lookup_key: str | None = Field(default=None, alias="lookupKey")
+    error: str | None = None
+
+
+class IngestionData(_Lenient):
+    """`data` of an answer of the unified records endpoint."""
+
+    results: list[IngestionResult] = []

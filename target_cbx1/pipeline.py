@@ -10,10 +10,14 @@ import typing as t
 from target_cbx1.errors import StopRequested
 
 Work = t.Callable[[], None]
+CLOSE_WAIT_SECONDS = 5.0  # how long close() waits for each idle thread to end
 
 
 class RequestPool:
     """Runs requests on up to `size` daemon threads while the caller goes on reading input.
+
+    Threads start as requests need them and end at `close()`, so a pool never holds more than
+    `size` threads and a finished stream holds none.
 
     A request waits until fewer than `size` are in flight and none of them holds one of its lookup
     keys, so the upserts of one key stay in input order. An error that must stop the run (an outage,
@@ -28,21 +32,29 @@ class RequestPool:
         self._keys_in_flight: set[str] = set()
         self._running = 0
         self._error: BaseException | None = None
-        self._jobs: queue.SimpleQueue[tuple[frozenset[str], Work]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[frozenset[str], Work | None]] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
 
     def submit(self, keys: frozenset[str], work: Work) -> None:
         """Run `work` once a thread is free and no request in flight holds one of `keys`."""
-        if not self._threads:
-            for _ in range(self.size):
-                self._start_thread()
         with self._changed:
             while self._must_wait(keys):
                 self._changed.wait()
             self._raise_if_failed_or_stopping()
             self._running += 1
             self._keys_in_flight |= keys
+            if self._running > len(self._threads):
+                self._start_thread()
         self._jobs.put((keys, work))
+
+    def close(self) -> None:
+        """End the pool's threads once the requests in flight are done (call after wait or settle)."""
+        with self._changed:
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._jobs.put((frozenset(), None))
+        for thread in threads:
+            thread.join(CLOSE_WAIT_SECONDS)
 
     def wait(self) -> None:
         """Return when nothing is in flight; raise the error that stopped a request, if any."""
@@ -88,6 +100,8 @@ class RequestPool:
     def _work(self) -> None:
         while True:
             keys, work = self._jobs.get()
+            if work is None:
+                return
             try:
                 work()
             except BaseException as exc:  # handed to the caller's thread, which decides

@@ -5,22 +5,13 @@ from __future__ import annotations
 import logging
 import time
 import typing as t
-from dataclasses import dataclass
+
+from target_cbx1.context import StreamStats
 
 if t.TYPE_CHECKING:
     from target_cbx1.ledger import StateLedger
 
 logger = logging.getLogger("target-cbx1.progress")
-
-
-@dataclass
-class StreamStats:
-    """What a stream's sink sent: records, requests, retries, and since when."""
-
-    sent: int
-    requests: int
-    retries: int
-    started_at: float
 
 
 class Progress:
@@ -71,7 +62,7 @@ class Progress:
         rows = [header]
         for stream in self._ledger.streams():
             summary = self._ledger.summary(stream)
-            stream_stats = stats.get(stream, StreamStats(0, 0, 0, self._started))
+            stream_stats = stats.get(stream) or StreamStats(started_at=self._started)
             seconds = now - stream_stats.started_at
             count = len(self._ledger.entries(stream))
             rows.append(
@@ -81,8 +72,8 @@ class Progress:
                     str(summary["success"] + summary["updated"]),
                     str(summary["fail"]),
                     str(summary["existing"]),
-                    str(stream_stats.requests),
-                    str(stream_stats.retries),
+                    str(stream_stats.counts.requests),
+                    str(stream_stats.counts.retries),
                     f"{seconds:.1f}",
                     f"{count / max(seconds, 1e-9):.0f}",
                 )

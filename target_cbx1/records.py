@@ -6,7 +6,6 @@ import hashlib
 import re
 import typing as t
 from dataclasses import dataclass
-from functools import cached_property
 
 from target_cbx1 import jsonio
 
@@ -17,6 +16,7 @@ SDC_PREFIX = "_sdc_"
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*://")
 _HOST = re.compile(r"^(?=.{1,253}$)[^\s.@/:?#]+(?:\.[^\s.@/:?#]+)+$")
 _EMAIL = re.compile(r"^[^\s@]+@[^\s@]+\.[^\s@]+$")
+PLAIN_WORD = re.compile(r"[A-Za-z0-9_-]+")  # used with fullmatch: no trailing newline slips in
 
 
 class RecordRejectedError(Exception):
@@ -40,20 +40,37 @@ def normalise_email(value: str) -> str:
     return value.strip().lower()
 
 
+LookupKind = t.Literal["domain", "email", "text"]
+
+
 @dataclass(frozen=True)
 class LookupRule:
-    """The field a stream's records are upserted by, and how its values are normalised and checked."""
+    """The field a stream's records are upserted by, and how its values are normalised and checked.
+
+    `checked`: whether a value must look like its kind before it is sent (flat records); envelope
+    keys are only required, and CBX1 judges them.
+    """
 
     field: str
+    kind: LookupKind
+    checked: bool = True
 
-    @cached_property
-    def kind(self) -> t.Literal["domain", "email", "text"]:
-        name = self.field.lower()
+    @classmethod
+    def named(cls, field: str) -> LookupRule:
+        """The rule for a field, its kind told by its name (email, domain/website, else text)."""
+        name = field.lower()
+        kind: LookupKind = "text"
         if "email" in name:
-            return "email"
-        if "domain" in name or name == "website":
-            return "domain"
-        return "text"
+            kind = "email"
+        elif "domain" in name or name == "website":
+            kind = "domain"
+        return cls(field, kind)
+
+    def normalise(self, value: object) -> str:
+        """The form keys are compared in (CBX1's answers included); never rejects."""
+        if not isinstance(value, str) or self.kind == "text":
+            return str(value).strip()
+        return normalise_domain(value) if self.kind == "domain" else normalise_email(value)
 
     def key_of(self, value: object) -> str:
         """The normalised lookup key of a value; raises RecordRejectedError when it cannot be one."""
@@ -62,19 +79,16 @@ class LookupRule:
                 f"{self.field} is required: the record has no {self.field}, which is the lookup "
                 "key CBX1 upserts by, so it was not sent"
             )
-        if self.kind == "text":
-            return str(value).strip()
+        if not self.checked or self.kind == "text":
+            return self.normalise(value)
         if not isinstance(value, str):
             raise RecordRejectedError(f"invalid {self.kind} {value!r}: expected text")
-        if self.kind == "domain":
-            key = normalise_domain(value)
-            if not _HOST.match(key):
-                raise RecordRejectedError(
-                    f"invalid domain {value!r}: expected a host name such as acme.com", key or None
-                )
-            return key
-        key = normalise_email(value)
-        if not _EMAIL.match(key):
+        key = self.normalise(value)
+        if self.kind == "domain" and not _HOST.match(key):
+            raise RecordRejectedError(
+                f"invalid domain {value!r}: expected a host name such as acme.com", key or None
+            )
+        if self.kind == "email" and not _EMAIL.match(key):
             raise RecordRejectedError(
                 f"invalid email {value!r}: expected an address such as ann@acme.com", key
             )
@@ -86,14 +100,14 @@ def lookup_rule_for(
 ) -> LookupRule | None:
     """lookup_fields[stream], else domain/email by stream name, else the single key property."""
     if stream in overrides:
-        return LookupRule(overrides[stream])
+        return LookupRule.named(overrides[stream])
     name = stream.lower()
     if any(hint in name for hint in ACCOUNT_STREAM_HINTS):
-        return LookupRule("domain")
+        return LookupRule.named("domain")
     if any(hint in name for hint in CONTACT_STREAM_HINTS):
-        return LookupRule("email")
+        return LookupRule.named("email")
     if len(key_properties) == 1:
-        return LookupRule(key_properties[0])
+        return LookupRule.named(key_properties[0])
     return None
 
 
@@ -116,6 +130,23 @@ class PayloadOptions:
     metadata: t.Mapping[str, t.Any] | None
 
 
+def without_sdc_columns(record: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """A copy of the record without Singer's _sdc_* columns."""
+    if SDC_PREFIX in "".join(record):  # a quick look first: most records have no _sdc_ column
+        return {name: value for name, value in record.items() if not name.startswith(SDC_PREFIX)}
+    return dict(record)
+
+
+def apply_options(payload: dict[str, t.Any], stream: str, options: PayloadOptions) -> dict[str, t.Any]:
+    """add_stream_key and metadata, at the payload's top level."""
+    if options.add_stream_key:
+        payload["stream"] = stream
+    if options.metadata:
+        existing = payload.get("metadata")
+        payload["metadata"] = {**(existing if isinstance(existing, dict) else {}), **options.metadata}
+    return payload
+
+
 def build_payload(
     record: t.Mapping[str, t.Any], stream: str, rule: LookupRule, options: PayloadOptions
 ) -> tuple[str, dict[str, t.Any]]:
@@ -125,15 +156,84 @@ def build_payload(
     """
     lookup_value = record.get(rule.field)
     key = rule.key_of(lookup_value)
-    if SDC_PREFIX in "".join(record):  # a quick look first: most records have no _sdc_ column
-        payload = {name: value for name, value in record.items() if not name.startswith(SDC_PREFIX)}
-    else:
-        payload = dict(record)
+    payload = without_sdc_columns(record)
     if isinstance(lookup_value, str):
         payload[rule.field] = key
-    if options.add_stream_key:
-        payload["stream"] = stream
-    if options.metadata:
-        existing = payload.get("metadata")
-        payload["metadata"] = {**(existing if isinstance(existing, dict) else {}), **options.metadata}
-    return key, payload
+    return key, apply_options(payload, stream, options)
+
+
+@dataclass(frozen=True)
+class SourceRule:
+    """Which CRM a record comes from: its own field, else the configured default (upper-cased)."""
+
+    default: str | None
+    default_named_by: str = "source"
+
+    def source_of(self, own: object) -> str:
+        """The SOURCE for a record's URL path; raises RecordRejectedError when there is none fit for one."""
+        value = own if own not in (None, "") else self.default
+        if value is None:
+            raise RecordRejectedError(
+                "no source: the record names no CRM (source), and neither the setting `source` nor "
+                "the environment variable CONNECTOR_ID is set; set `source` (HUBSPOT, SALESFORCE or "
+                "MARKETO) in the config, so it was not sent"
+            )
+        if not isinstance(value, str) or not PLAIN_WORD.fullmatch(value):
+            named_by = "the record" if value is own else self.default_named_by
+            raise RecordRejectedError(
+                f"invalid source {value!r} (from {named_by}): a source is one word of letters, digits, "
+                "_ or - such as HUBSPOT, so it was not sent"
+            )
+        return value.upper()
+
+
+def build_envelope(
+    record: t.Mapping[str, t.Any],
+    stream: str,
+    rule: LookupRule,
+    sources: SourceRule,
+    options: PayloadOptions,
+) -> tuple[str, dict[str, t.Any]]:
+    """(normalised lookup key, envelope) for an envelope record: its lookupKey sent as it is, `data`
+    without _sdc_* columns, `source` resolved, options at the top level.
+    """
+    key = rule.key_of(record.get(rule.field))
+    data = record.get("data")
+    if not isinstance(data, dict):
+        raise RecordRejectedError(
+            "data is required: an envelope record carries its CBX1 fields as an object in `data`, "
+            "and this one has none, so it was not sent",
+            key,
+        )
+    try:
+        source = sources.source_of(record.get("source"))
+    except RecordRejectedError as exc:
+        raise RecordRejectedError(str(exc), key) from None
+    envelope = without_sdc_columns(record)
+    envelope["data"] = without_sdc_columns(data)
+    envelope["source"] = source
+    return key, apply_options(envelope, stream, options)
+
+
+def wrap_flat(
+    record: t.Mapping[str, t.Any],
+    stream: str,
+    rule: LookupRule,
+    sources: SourceRule,
+    options: PayloadOptions,
+) -> tuple[str, dict[str, t.Any]]:
+    """(lookup key, envelope) for a flat record sent to the records endpoint (api: records).
+
+    `data` is the flat payload, `lookupKey` its checked lookup key, `sourceRecordId` the CRM id and
+    `source` the record's crmSystem (else the default).
+    """
+    key, data = build_payload(record, stream, rule, PayloadOptions(add_stream_key=False, metadata=None))
+    try:
+        source = sources.source_of(record.get("crmSystem"))
+    except RecordRejectedError as exc:
+        raise RecordRejectedError(str(exc), key) from None
+    envelope: dict[str, t.Any] = {"data": data, "lookupKey": key, "source": source}
+    external_id = external_id_of(record)
+    if external_id is not None:
+        envelope["sourceRecordId"] = external_id
+    return key, apply_options(envelope, stream, options)

@@ -9,6 +9,7 @@ import typing as t
 import requests
 from pydantic import ValidationError
 
+from target_cbx1 import jsonio
 from target_cbx1.errors import RequestFailedError
 from target_cbx1.models import Envelope
 from target_cbx1.redaction import mask
@@ -47,11 +48,16 @@ def server_message(response: requests.Response) -> str:
     return body_start(response)
 
 
-def read_envelope_data(response: requests.Response) -> t.Any:
-    """`data` of a 2xx answer; its records fail when the body is not a CM000 envelope."""
+def read_answer(response: requests.Response) -> dict[str, t.Any]:
+    """The whole JSON answer of a 2xx, once it is a CM000 envelope; else the request failed.
+
+    Raises RequestFailedError quoting the body when it is not the envelope, or CBX1's message when
+    its status is not CM000.
+    """
     try:
-        envelope = Envelope.model_validate_json(response.content)
-    except ValidationError:
+        answer = jsonio.decode(response.content)
+        envelope = Envelope.model_validate(answer)
+    except (jsonio.DecodeError, ValidationError):
         raise RequestFailedError(
             f"CBX1 answered HTTP {response.status_code} with a body that is not the documented "
             f"JSON envelope: {body_start(response)!r}"
@@ -61,4 +67,9 @@ def read_envelope_data(response: requests.Response) -> t.Any:
             f"CBX1 refused the request: status {envelope.status.code}: "
             f"{mask(envelope.status.message) or '(no message)'}"
         )
-    return envelope.data
+    return t.cast("dict[str, t.Any]", answer)
+
+
+def read_envelope_data(response: requests.Response) -> t.Any:
+    """`data` of a 2xx CM000 answer (see read_answer)."""
+    return read_answer(response).get("data")

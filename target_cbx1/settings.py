@@ -1,17 +1,20 @@
-"""Settings: the config schema `--about` shows, and the validated settings the target runs on."""
+"""Settings, declared once: the typed model the target runs on, and the config schema `--about` shows."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
 import os
+import types
 import typing as t
 from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from singer_sdk import typing as th
+from pydantic_core import PydanticUndefined
 from singer_sdk.exceptions import ConfigValidationError
+
+from target_cbx1.records import PLAIN_WORD
 
 try:
     __version__ = version("target-cbx1")
@@ -20,192 +23,31 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 # HotGlue writes these keys into the job's config; each is accepted beside our own name.
 HOTGLUE_ALIASES = {"access_key": "Code", "org_id": "OrgId", "access_token": "AccessToken"}
+ObjectType = t.Literal["ACCOUNT", "CONTACT"]
 
-CONFIG_SCHEMA: dict[str, t.Any] = th.PropertiesList(
-    th.Property(
-        "api_url",
-        th.StringType,
-        description=(
-            "CBX1 base URL, e.g. https://api.cbx1.com. When absent, the environment "
-            "variable BASE_URL is used (HotGlue sets it). Must be https:// except for "
-            "loopback hosts (127.0.0.1, localhost)."
-        ),
-    ),
-    th.Property(
-        "access_key",
-        th.StringType,
-        secret=True,
-        description="CBX1 access key, exchanged for a session token. HotGlue's key `Code` is accepted.",
-    ),
-    th.Property(
-        "org_id",
-        th.CustomType({"type": ["string", "integer"]}),
-        description=(
-            "CBX1 organisation id, sent as the x-organisation-id header. HotGlue's key `OrgId` is accepted."
-        ),
-    ),
-    th.Property(
-        "access_token",
-        th.StringType,
-        secret=True,
-        description=(
-            "Optional cached session token (HotGlue's key `AccessToken` is accepted). "
-            "A refreshed token is written back into the config file."
-        ),
-    ),
-    th.Property(
-        "expires_in",
-        th.NumberType,
-        description="Expiry of access_token as an absolute epoch second (HotGlue's convention).",
-    ),
-    th.Property(
-        "process_as_batch",
-        th.BooleanType,
-        default=True,
-        description="true: chunks POSTed to /bulk (BatchSink); false: one /upsert per record (RecordSink).",
-    ),
-    th.Property(
-        "batch_size",
-        th.IntegerType,
-        default=20,
-        description="Records per /bulk request.",
-    ),
-    th.Property(
-        "add_stream_key",
-        th.BooleanType,
-        default=False,
-        description='Add "stream": <stream name> to every payload.',
-    ),
-    th.Property(
-        "metadata",
-        th.CustomType({"type": ["object", "string", "null"]}),
-        description="An object (or a JSON string of one) merged into every payload's `metadata` object.",
-    ),
-    th.Property(
-        "inject_batch_ids",
-        th.BooleanType,
-        default=False,
-        description=(
-            "Add hgBatchId (md5 of JOB_ROOT:stream:chunk index) to every payload and "
-            "to its record's state entry."
-        ),
-    ),
-    th.Property(
-        "custom_headers",
-        th.ArrayType(
-            th.ObjectType(
-                th.Property("name", th.StringType, required=True),
-                th.Property("value", th.StringType, required=True),
-            )
-        ),
-        default=[],
-        description="Extra HTTP headers for every request, as a list of {name, value} objects.",
-    ),
-    th.Property(
-        "user_agent",
-        th.StringType,
-        default=f"target-cbx1/{__version__}",
-        description="User-Agent header of every request.",
-    ),
-    th.Property(
-        "lookup_fields",
-        th.ObjectType(additional_properties=th.StringType),
-        default={},
-        description=(
-            'Lookup field per stream, e.g. {"leads": "email"}. Default: domain for '
-            "account/company streams, email for contact/lead/person streams, else the "
-            "stream's single key property."
-        ),
-    ),
-    th.Property(
-        "max_retries",
-        th.IntegerType,
-        default=5,
-        description="Retries of a request after its first attempt, for 408, 429, 5xx and network errors.",
-    ),
-    th.Property(
-        "backoff_base_seconds",
-        th.NumberType,
-        default=1,
-        description="First retry delay; each retry doubles it (with jitter).",
-    ),
-    th.Property(
-        "backoff_max_seconds",
-        th.NumberType,
-        default=60,
-        description="Longest delay between two retries, unless the server's Retry-After asks for more.",
-    ),
-    th.Property(
-        "retry_after_max_seconds",
-        th.NumberType,
-        default=300,
-        description="A Retry-After longer than this is treated as a failed request, not waited for.",
-    ),
-    th.Property(
-        "timeout",
-        th.NumberType,
-        default=60,
-        description="Seconds to wait for each HTTP response.",
-    ),
-    th.Property(
-        "state_output",
-        th.StringType,
-        default="hotglue",
-        allowed_values=["hotglue", "singer"],
-        description="What the target prints on stdout. hotglue: one HotGlue state line with every "
-        "record's outcome, at the end. singer: the tap's STATE messages, each forwarded once every "
-        "record before it is written (for Meltano and other Singer runners).",
-    ),
-    th.Property(
-        "results_path",
-        th.StringType,
-        description="File for the per-record outcomes in HotGlue's shape (bookmarks and summary), "
-        "written at the end, in either state_output mode. In singer mode it is where CBX1 ids and "
-        "errors go.",
-    ),
-    th.Property(
-        "dry_run",
-        th.BooleanType,
-        default=False,
-        description="Read, check and prepare every record, print the first request bodies and a "
-        "summary on stderr, but never connect to the API and claim no success.",
-    ),
-    th.Property(
-        "progress_interval_seconds",
-        th.NumberType,
-        default=10,
-        description="Seconds between progress lines on stderr (records read, written, failed, rate); "
-        "0 turns them off. A summary table per stream is logged at the end.",
-    ),
-    th.Property(
-        "max_concurrency",
-        th.IntegerType,
-        default=8,
-        description="Requests in flight at once per stream (1: strictly one at a time). Records with the "
-        "same lookup key are never in flight together, and the state keeps input order.",
-    ),
-    th.Property(
-        "max_requests_per_second",
-        th.NumberType,
-        description="Client-side ceiling on requests started in any one-second window, for the whole run "
-        "(default: none). A 429 halves the rate, which then grows back gradually.",
-    ),
-    th.Property(
-        "max_consecutive_request_failures",
-        th.IntegerType,
-        default=5,
-        description="Requests in a row that may fail after all their retries before the run stops "
-        "because the API looks down (the state so far is written; a rerun sends the rest).",
-    ),
-    th.Property(
-        "incremental_state_path",
-        th.StringType,
-        description="File kept current with the state while running (atomic replace), and read on "
-        "start to skip records already written. Default: HotGlue's "
-        "/home/hotglue/$JOB_ID/incremental_target_state.json when JOB_ID is set and that folder "
-        "exists; otherwise off.",
-    ),
-).to_dict()
+
+def setting(
+    default: t.Any = PydanticUndefined,
+    *,
+    description: str,
+    secret: bool = False,
+    json_type: list[str] | None = None,
+    **constraints: t.Any,
+) -> t.Any:
+    """One setting: its default, its description for `--about`, and its checks.
+
+    `json_type` replaces the JSON types derived from the annotation, for settings that accept more
+    shapes than they are held as (an org id given as a number, metadata given as JSON text).
+    """
+    extra: dict[str, t.Any] = {}
+    if secret:
+        extra["secret"] = True
+    if json_type:
+        extra["json_type"] = json_type
+    factory = type(default) if isinstance(default, (list, dict)) else None
+    if factory is not None:
+        return Field(default_factory=factory, description=description, json_schema_extra=extra, **constraints)
+    return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
 class CustomHeader(BaseModel):
@@ -216,36 +58,157 @@ class CustomHeader(BaseModel):
 
 
 class Settings(BaseModel):
-    """The validated settings of one run; defaults come from CONFIG_SCHEMA."""
+    """The validated settings of one run. Each field is a setting; CONFIG_SCHEMA is derived from them."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    api_url: str
-    access_key: SecretStr
-    org_id: str
-    access_token: SecretStr | None = None
-    expires_in: float | None = None
-    process_as_batch: bool
-    batch_size: int = Field(ge=1)
-    add_stream_key: bool
-    metadata: dict[str, t.Any] | None = None
-    inject_batch_ids: bool
-    custom_headers: list[CustomHeader]
-    user_agent: str
-    lookup_fields: dict[str, str]
-    max_retries: int = Field(ge=0)
-    backoff_base_seconds: float = Field(ge=0)
-    backoff_max_seconds: float = Field(ge=0)
-    retry_after_max_seconds: float = Field(ge=0)
-    timeout: float = Field(gt=0)
-    max_consecutive_request_failures: int = Field(ge=1)
-    max_concurrency: int = Field(ge=1)
-    state_output: t.Literal["hotglue", "singer"]
-    results_path: str | None = None
-    dry_run: bool
-    progress_interval_seconds: float = Field(ge=0)
-    max_requests_per_second: float | None = Field(default=None, gt=0)
-    incremental_state_path: str | None = None
+    api_url: str = setting(
+        description="CBX1 base URL, e.g. https://api.cbx1.com. When absent, the environment "
+        "variable BASE_URL is used (HotGlue sets it). Must be https:// except for "
+        "loopback hosts (127.0.0.1, localhost)."
+    )
+    access_key: SecretStr = setting(
+        secret=True,
+        description="CBX1 access key, exchanged for a session token. HotGlue's key `Code` is accepted.",
+    )
+    org_id: str = setting(
+        json_type=["string", "integer"],
+        description="CBX1 organisation id, sent as the x-organisation-id header. HotGlue's key `OrgId` is "
+        "accepted.",
+    )
+    access_token: SecretStr | None = setting(
+        None,
+        secret=True,
+        description="Optional cached session token (HotGlue's key `AccessToken` is accepted). "
+        "A refreshed token is written back into the config file.",
+    )
+    expires_in: float | None = setting(
+        None, description="Expiry of access_token as an absolute epoch second (HotGlue's convention)."
+    )
+    api: t.Literal["auto", "bulk", "records"] = setting(
+        "auto",
+        description="Which CBX1 endpoint a stream's records go to. auto: a stream whose SCHEMA has the "
+        "properties `data` and `lookupKey` carries envelope records and goes to "
+        "/targets/integrations/{SOURCE}/{OBJECT_TYPE}/records; any other stream goes to "
+        "/targets/{stream}/bulk (or /upsert). bulk: every stream to /bulk. records: every stream to "
+        "the records endpoint, flat records wrapped as envelopes.",
+    )
+    source: str | None = setting(
+        None,
+        description="The CRM records come from (HUBSPOT, SALESFORCE, MARKETO), for records that name "
+        "none (no `source`, or for flat records no `crmSystem`). Default: the environment variable "
+        "CONNECTOR_ID, which HotGlue sets. Upper-cased in the URL path.",
+    )
+    object_types: dict[str, ObjectType] = setting(
+        {},
+        description='CBX1 object type per stream for the records endpoint, e.g. {"people": "CONTACT"}. '
+        "Default: ACCOUNT for account/company streams, CONTACT for contact/lead/person streams "
+        "(matched in any case).",
+    )
+    process_as_batch: bool = setting(
+        True,
+        description="true: chunks of batch_size records per request (BatchSink); false: one record per "
+        "request (RecordSink: /upsert, or a records request of one).",
+    )
+    batch_size: int = setting(20, ge=1, description="Records per request in batch mode.")
+    max_request_bytes: int | None = setting(
+        None,
+        gt=0,
+        description="Largest request body in bytes (default: no limit). A chunk closes before its JSON "
+        "body would pass it; a single record over it fails, saying so, and is not sent.",
+    )
+    add_stream_key: bool = setting(
+        False,
+        description='Add "stream": <stream name> to every payload (an envelope\'s top level).',
+    )
+    metadata: dict[str, t.Any] | None = setting(
+        None,
+        json_type=["object", "string"],
+        description="An object (or a JSON string of one) merged into every payload's `metadata` object "
+        "(an envelope's top level).",
+    )
+    inject_batch_ids: bool = setting(
+        False,
+        description="Add hgBatchId (md5 of JOB_ROOT:stream:chunk index) to every payload and "
+        "to its record's state entry.",
+    )
+    custom_headers: list[CustomHeader] = setting(
+        [], description="Extra HTTP headers for every request, as a list of {name, value} objects."
+    )
+    user_agent: str = setting(f"target-cbx1/{__version__}", description="User-Agent header of every request.")
+    lookup_fields: dict[str, str] = setting(
+        {},
+        description='Lookup field per stream of flat records, e.g. {"leads": "email"}. Default: domain '
+        "for account/company streams, email for contact/lead/person streams, else the "
+        "stream's single key property.",
+    )
+    max_retries: int = setting(
+        5,
+        ge=0,
+        description="Retries of a request after its first attempt, for 408, 429, 5xx and network errors.",
+    )
+    backoff_base_seconds: float = setting(
+        1, ge=0, description="First retry delay; each retry doubles it (with jitter)."
+    )
+    backoff_max_seconds: float = setting(
+        60,
+        ge=0,
+        description="Longest delay between two retries, unless the server's Retry-After asks for more.",
+    )
+    retry_after_max_seconds: float = setting(
+        300,
+        ge=0,
+        description="A Retry-After longer than this is treated as a failed request, not waited for.",
+    )
+    timeout: float = setting(60, gt=0, description="Seconds to wait for each HTTP response.")
+    state_output: t.Literal["hotglue", "singer"] = setting(
+        "hotglue",
+        description="What the target prints on stdout. hotglue: one HotGlue state line with every "
+        "record's outcome, at the end. singer: the tap's STATE messages, each forwarded once every "
+        "record before it is written (for Meltano and other Singer runners).",
+    )
+    results_path: str | None = setting(
+        None,
+        description="File for the per-record outcomes in HotGlue's shape (bookmarks and summary), "
+        "written at the end, in either state_output mode. In singer mode it is where CBX1 ids and "
+        "errors go.",
+    )
+    dry_run: bool = setting(
+        False,
+        description="Read, check and prepare every record, print the first request bodies and a "
+        "summary on stderr, but never connect to the API and claim no success.",
+    )
+    progress_interval_seconds: float = setting(
+        10,
+        ge=0,
+        description="Seconds between progress lines on stderr (records read, written, failed, rate); "
+        "0 turns them off. A summary table per stream is logged at the end.",
+    )
+    max_concurrency: int = setting(
+        8,
+        ge=1,
+        description="Requests in flight at once per stream (1: strictly one at a time). Records with the "
+        "same lookup key are never in flight together, and the state keeps input order.",
+    )
+    max_requests_per_second: float | None = setting(
+        None,
+        gt=0,
+        description="Client-side ceiling on requests started in any one-second window, for the whole run "
+        "(default: none). A 429 halves the rate, which then grows back gradually.",
+    )
+    max_consecutive_request_failures: int = setting(
+        5,
+        ge=1,
+        description="Requests in a row that may fail after all their retries before the run stops "
+        "because the API looks down (the state so far is written; a rerun sends the rest).",
+    )
+    incremental_state_path: str | None = setting(
+        None,
+        description="File kept current with the state while running (atomic replace), and read on "
+        "start to skip records already written. Default: HotGlue's "
+        "/home/hotglue/$JOB_ID/incremental_target_state.json when JOB_ID is set and that folder "
+        "exists; otherwise off.",
+    )
 
     @field_validator("org_id", mode="before")
     @classmethod
@@ -277,13 +240,17 @@ class Settings(BaseModel):
             )
         return value.strip()
 
+    @field_validator("source")
+    @classmethod
+    def _source_is_a_word(cls, value: str | None) -> str | None:
+        if value is not None and not PLAIN_WORD.fullmatch(value):
+            raise ValueError("must be one word of letters, digits, _ or -, such as HUBSPOT")
+        return value
+
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:
-        """Resolve HotGlue aliases, BASE_URL and schema defaults, then validate."""
-        values = {
-            name: spec["default"] for name, spec in CONFIG_SCHEMA["properties"].items() if "default" in spec
-        }
-        values.update({k: v for k, v in config.items() if v is not None and v != ""})
+        """Resolve HotGlue aliases and BASE_URL, then validate (absent settings take their defaults)."""
+        values = {k: v for k, v in config.items() if v is not None and v != ""}
         for ours, hotglue in HOTGLUE_ALIASES.items():
             if ours not in values and config.get(hotglue) not in (None, ""):
                 values[ours] = config[hotglue]
@@ -296,6 +263,56 @@ class Settings(BaseModel):
             raise ConfigValidationError(
                 "Invalid target-cbx1 config: " + "; ".join(errors), errors=errors
             ) from None
+
+
+def config_schema(model: type[BaseModel]) -> dict[str, t.Any]:
+    """The Singer config JSON schema of a settings model: types, defaults, descriptions, secrets.
+
+    Value checks (ranges, URL safety) stay with the model, whose messages name the setting.
+    """
+    properties: dict[str, t.Any] = {}
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        spec = json_schema_of(field.annotation)
+        if "json_type" in extra:
+            spec["type"] = [*t.cast("list[str]", extra["json_type"])]
+        spec["type"] = [*spec["type"], "null"]
+        default = field.get_default(call_default_factory=True)
+        if default is not None and default is not PydanticUndefined:
+            spec["default"] = default
+        spec["description"] = field.description
+        if extra.get("secret"):
+            spec.update(secret=True, writeOnly=True)
+        properties[name] = spec
+    return {"type": "object", "properties": properties}
+
+
+def json_schema_of(annotation: t.Any) -> dict[str, t.Any]:
+    """The JSON schema of a setting's Python type (None left out: every setting may be null)."""
+    origin, args = t.get_origin(annotation), t.get_args(annotation)
+    if origin in (t.Union, types.UnionType):
+        kinds = [json_schema_of(arg) for arg in args if arg is not type(None)]
+        if len(kinds) == 1:
+            return kinds[0]
+        return {"type": [kind for schema in kinds for kind in schema["type"]]}
+    if origin is t.Literal:
+        return {"type": ["string"], "enum": list(args)}
+    if origin is dict:
+        value_schema = json_schema_of(args[1]) if args and args[1] is not t.Any else None
+        return {"type": ["object"], **({"additionalProperties": value_schema} if value_schema else {})}
+    if origin is list:
+        return {"type": ["array"], "items": json_schema_of(args[0])}
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {
+            "type": ["object"],
+            "properties": {name: json_schema_of(f.annotation) for name, f in annotation.model_fields.items()},
+            "required": [name for name, f in annotation.model_fields.items() if f.is_required()],
+        }
+    simple = {str: "string", SecretStr: "string", bool: "boolean", int: "integer", float: "number"}
+    return {"type": [simple[annotation]]}
+
+
+CONFIG_SCHEMA = config_schema(Settings)
 
 
 def _is_loopback(host: str) -> bool:

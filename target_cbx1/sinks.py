@@ -1,4 +1,4 @@
-"""BatchSink (chunks to /bulk, results matched by lookupKey) and RecordSink (one /upsert per record)."""
+"""BatchSink (chunks of batch_size, results matched by lookupKey) and RecordSink (one record a request)."""
 
 from __future__ import annotations
 
@@ -9,35 +9,17 @@ from functools import partial
 from singer_sdk import sinks as sdk_sinks
 
 from target_cbx1.client import ApiSink, Pending
-from target_cbx1.errors import RejectedError, RequestFailedError
-from target_cbx1.models import BulkData, BulkResult
-from target_cbx1.records import RecordRejectedError
+from target_cbx1.errors import ApiOutageError, RejectedError, RequestFailedError
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
 
-# Rejections of a whole /bulk request that one bad record can cause: its records are then sent alone.
-ISOLATED_STATUSES = frozenset({400, 422})
-
-
-def chunks_with_distinct_keys(queue: list[Pending], size: int) -> Iterator[list[Pending]]:
-    """Input-order chunks of at most `size` records in which no lookup key appears twice."""
-    chunk: list[Pending] = []
-    keys: set[str] = set()
-    for pending in queue:
-        if len(chunk) == size or pending.key in keys:
-            yield chunk
-            chunk, keys = [], set()
-        chunk.append(pending)
-        keys.add(pending.key)
-    if chunk:
-        yield chunk
-
 
 class BatchSink(ApiSink, sdk_sinks.BatchSink):
-    """Sends records in chunks of `batch_size` to /bulk and matches results by lookup key."""
-
-    endpoint = "bulk"
+    """Sends records in chunks through the stream's contract, HotGlue's three-function way:
+    `process_batch` hands the chunks to the request pool, and each chunk runs `make_batch_request`,
+    `handle_batch_response`, then `update_state` for each of its records.
+    """
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
@@ -45,7 +27,7 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
 
     @property
     def max_size(self) -> int:
-        return self.cbx1.settings.batch_size
+        return self.settings.batch_size
 
     @property
     def current_size(self) -> int:
@@ -57,64 +39,94 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
     def process_batch(self, context: dict) -> None:
         """Hand everything queued to the request pool, chunk by chunk in input order."""
         queue, self._queue = self._queue, []
-        for chunk in chunks_with_distinct_keys(queue, self.max_size):
-            self.dispatch(chunk, self.path, partial(self._send_chunk, chunk))
+        for chunk in self.chunks(queue):
+            self.dispatch(chunk, partial(self._write_chunk, chunk), single=False)
 
-    def _send_chunk(self, chunk: list[Pending]) -> None:
-        started = time.monotonic()
-        answer = self.exchange(chunk, BulkData, self.path, [pending.payload for pending in chunk])
-        if answer is None:
-            return
-        by_key = self._results_by_key(answer.results)
-        for pending in chunk:
-            result = by_key.pop(pending.key, None)
-            if result is None:
-                pending.entry.fail(
-                    f"no result returned for lookupKey {pending.key!r}: CBX1 answered the request "
-                    "but said nothing about this record"
-                )
-            elif result.success:
-                pending.entry.succeed(result.id, updated=result.updated)
+    def chunks(self, queue: list[Pending]) -> Iterator[list[Pending]]:
+        """Input-order chunks of at most batch_size records, each for one path, with no lookup key
+        twice, and within max_request_bytes when it is set.
+        """
+        limit = self.settings.max_request_bytes
+        chunk: list[Pending] = []
+        keys: set[str] = set()
+        size = 0
+        for pending in queue:
+            if chunk and (
+                len(chunk) == self.max_size
+                or pending.key in keys
+                or pending.path != chunk[0].path
+                or (limit is not None and size + 1 + pending.size > limit)
+            ):
+                yield chunk
+                chunk, keys = [], set()
+            if not chunk:
+                size = self.body_size([pending])
             else:
-                pending.entry.fail(f"CBX1 rejected the record: {result.error or '(no reason given)'}")
-        if by_key:
-            self.logger.warning("CBX1 returned results for keys not sent: %s", sorted(by_key))
-        failed = sum(not pending.entry.success for pending in chunk)
-        self.finish_request(self.path, len(chunk), started, failed)
+                size += 1 + pending.size
+            chunk.append(pending)
+            keys.add(pending.key)
+        if chunk:
+            yield chunk
 
-    def request_failed(
-        self, batch: list[Pending], path: str, started: float, exc: RequestFailedError
-    ) -> None:
-        """A /bulk request rejected as a whole is split: each record goes alone to /upsert."""
-        if not (isinstance(exc, RejectedError) and exc.status in ISOLATED_STATUSES and len(batch) > 1):
-            super().request_failed(batch, path, started, exc)
+    def make_batch_request(self, records: list[dict]) -> dict:
+        """POST one chunk of prepared records through the stream's contract; CBX1's whole answer.
+
+        Raises RequestFailedError when the request as a whole failed.
+        """
+        return self.post(self.contract.batch_path(records[0]), self.contract.batch_body(records))
+
+    def handle_batch_response(self, response: dict, raw_records: list[dict]) -> dict:
+        """Each record's state from CBX1's answer, matched by lookupKey, never by position.
+
+        Returns {"state_updates": [state, ...]} in the order of raw_records; each state has success,
+        id, externalId, lookupKey and, for a failure, error. An unreadable answer fails them all.
+        """
+        path = self.contract.batch_path(raw_records[0])
+        keys = [self.route.payload_key(record) for record in raw_records]
+        try:
+            outcomes = self.contract.batch_outcomes(path, response.get("data"), keys)
+        except RequestFailedError as exc:
+            return {"state_updates": [self.failure_state(record, str(exc)) for record in raw_records]}
+        states = [
+            self.state_of(record, outcome) for record, outcome in zip(raw_records, outcomes, strict=True)
+        ]
+        return {"state_updates": states}
+
+    def _write_chunk(self, chunk: list[Pending]) -> None:
+        """One chunk's request: make_batch_request, handle_batch_response, update_state per record."""
+        records = [pending.payload for pending in chunk]
+        path = chunk[0].path
+        started = time.monotonic()
+        try:
+            response = self.make_batch_request(records)
+        except ApiOutageError as exc:
+            if exc.request_error is not None:  # this request was tried; others never were
+                self.fail_all(chunk, path, started, exc.request_error)
+            raise
+        except RequestFailedError as exc:
+            keys = [pending.key for pending in chunk]
+            if isinstance(exc, RejectedError) and self.contract.isolates(path, exc, keys):
+                self._isolate(chunk, path, exc)
+            else:
+                self.fail_all(chunk, path, started, str(exc))
             return
-        self.logger.warning(
-            "%s: %s; sending its %d records one by one to /upsert so that only the bad ones fail",
-            path,
-            exc,
-            len(batch),
-        )
-        for pending in batch:
-            self.upsert_one(pending, self.upsert_path)
+        states = self.handle_batch_response(response, records)["state_updates"]
+        for pending, state in zip(chunk, states, strict=True):
+            self.update_state(state, pending.entry)
+        failed = sum(not state["success"] for state in states)
+        self.finish_request(path, len(chunk), started, failed)
 
-    def _results_by_key(self, results: list[BulkResult]) -> dict[str, BulkResult]:
-        """Results keyed by their normalised lookupKey, as the records were."""
-        by_key: dict[str, BulkResult] = {}
-        for result in results:
-            if result.lookup_key is None or self.lookup is None:
-                continue
-            try:
-                by_key[self.lookup.key_of(result.lookup_key)] = result
-            except RecordRejectedError:
-                by_key[result.lookup_key] = result
-        return by_key
+    def _isolate(self, chunk: list[Pending], path: str, exc: RejectedError) -> None:
+        """A chunk rejected as a whole for one bad record: each record goes alone, so only that one fails."""
+        self.logger.warning(
+            "%s: %s; sending its %d records one by one so that only the bad ones fail", path, exc, len(chunk)
+        )
+        for pending in chunk:
+            self.write_alone(pending)
 
 
 class RecordSink(ApiSink, sdk_sinks.RecordSink):
-    """Sends each record on its own to /upsert."""
-
-    endpoint = "upsert"
+    """Sends each record on its own with HotGlue's record hook, `upsert_record`."""
 
     def enqueue(self, pending: Pending) -> None:
-        self.dispatch([pending], self.path, partial(self.upsert_one, pending, self.path))
+        self.dispatch([pending], partial(self.write_alone, pending), single=True)

@@ -16,17 +16,19 @@ from singer_sdk.exceptions import ConfigValidationError, FatalAPIError, InvalidJ
 from singer_sdk.helpers.capabilities import TARGET_VALIDATE_RECORDS_CONFIG
 from singer_sdk.target_base import Target
 
-from target_cbx1.client import ApiSink, Cbx1Client, batch_id
+from target_cbx1.client import ApiSink
+from target_cbx1.context import RunContext
 from target_cbx1.dryrun import DryRun
 from target_cbx1.errors import StopRequested
 from target_cbx1.incremental import IncrementalStateFile, state_file_path, write_atomically
 from target_cbx1.ledger import StateLedger
 from target_cbx1.progress import Progress
 from target_cbx1.reader import INPUT_ERRORS, NumberedLineReader
-from target_cbx1.records import LookupRule, lookup_rule_for
 from target_cbx1.redaction import install_log_masking
+from target_cbx1.session import ApiSession
 from target_cbx1.settings import CONFIG_SCHEMA, Settings
 from target_cbx1.sinks import BatchSink, RecordSink
+from target_cbx1.streams import StreamRouter
 from target_cbx1.tapstate import TapStateForwarder
 
 if t.TYPE_CHECKING:
@@ -70,19 +72,25 @@ class TargetCBX1(Target):
         self.max_parallelism = 1  # streams are drained one after the other, in a known order
         self.ledger = StateLedger()
         self._config_path = config_path
-        self.client = Cbx1Client(self.settings, on_new_token=self._write_back_token)
-        self._streams_without_lookup: set[str] = set()
-        self._chunk_counts: dict[str, int] = {}
+        self.session = ApiSession(self.settings, on_new_token=self._write_back_token)
         self._finishing = False
-        t.cast("NumberedLineReader", self.message_reader).before_line = self.client.raise_if_stopping
+        t.cast("NumberedLineReader", self.message_reader).before_line = self.session.raise_if_stopping
         path = None if self.settings.dry_run else state_file_path(self.settings.incremental_state_path)
         self.incremental = IncrementalStateFile(path) if path else None
         results = self.settings.results_path
         self.results = IncrementalStateFile(Path(results)) if results else None
         self.dry_run = DryRun() if self.settings.dry_run else None
         singer_mode = self.settings.state_output == "singer" and not self.settings.dry_run
-        self.tap_state = TapStateForwarder(self.ledger, lambda: self.client.gave_up) if singer_mode else None
+        self.tap_state = TapStateForwarder(self.ledger, lambda: self.session.gave_up) if singer_mode else None
         self.progress = Progress(self.settings.progress_interval_seconds, self.ledger)
+        self.run_context = RunContext(
+            self.settings,
+            self.session,
+            self.ledger,
+            StreamRouter(self.settings),
+            self.dry_run,
+            self.checkpoint,
+        )
         self._resume()
 
     def _resume(self) -> None:
@@ -96,33 +104,10 @@ class TargetCBX1(Target):
                 count,
             )
 
-    # Routing and per-stream rules
+    # Routing
 
     def get_sink_class(self, stream_name: str) -> type[Sink]:
         return BatchSink if self.settings.process_as_batch else RecordSink
-
-    def lookup_rule(self, stream: str, key_properties: t.Sequence[str]) -> LookupRule | None:
-        """The lookup rule for a stream's (current) key properties; a stream without one is logged once."""
-        rule = lookup_rule_for(stream, key_properties, self.settings.lookup_fields)
-        if rule is None and stream not in self._streams_without_lookup:
-            self._streams_without_lookup.add(stream)
-            self.logger.error("%s", self.missing_lookup_message(stream))
-        return rule
-
-    @staticmethod
-    def missing_lookup_message(stream: str) -> str:
-        return (
-            f"stream {stream!r} has no lookup field (its name names no account/company or "
-            "contact/lead/person, and it has no single key property), so its records were "
-            f'not sent: set lookup_fields in the config, e.g. {{"{stream}": "email"}}'
-        )
-
-    def next_batch_id(self, stream: str) -> str | None:
-        """The hgBatchId of the stream's next request, when inject_batch_ids is on."""
-        if not self.settings.inject_batch_ids:
-            return None
-        self._chunk_counts[stream] = self._chunk_counts.get(stream, 0) + 1
-        return batch_id(stream, self._chunk_counts[stream])
 
     # Message handling
 
@@ -164,7 +149,9 @@ class TargetCBX1(Target):
             sink = self._sinks_active.get(stream_map.stream_alias)
             if (schema_changed or keys_changed) and sink is not None:
                 self.drain_one(sink)
-                t.cast("BatchSink | RecordSink", sink).requests.wait()
+                requests = t.cast("ApiSink", sink).requests
+                requests.wait()
+                requests.close()  # the sink is replaced: its threads end now
         super()._process_schema_message(message_dict)
 
     def _process_state_message(self, message_dict: dict) -> None:
@@ -178,10 +165,8 @@ class TargetCBX1(Target):
             self.tap_state.received(message_dict["value"])
 
     def process_endofpipe(self) -> None:
-        """Send what is queued, wait for every request in flight, then write the state."""
+        """Send what is queued; each sink's clean-up waits for its requests; then write the state."""
         super().process_endofpipe()
-        for sink in self.api_sinks():
-            sink.requests.wait()
         self.write_state()
 
     def api_sinks(self) -> list[ApiSink]:
@@ -200,7 +185,7 @@ class TargetCBX1(Target):
             return
         name = signal.Signals(signum).name
         self.logger.warning("Received %s: stopping; only confirmed outcomes go into the state", name)
-        self.client.stop_signal = name
+        self.session.stop_signal = name
         raise StopRequested(name)
 
     def settle(self, stop_reason: str | None, timeout: float | None = None) -> None:
@@ -209,8 +194,8 @@ class TargetCBX1(Target):
         With a `stop_reason`, requests not yet started are dropped and retries end.
         """
         self._finishing = True
-        if stop_reason is not None and self.client.stop_signal is None:
-            self.client.stop_signal = stop_reason
+        if stop_reason is not None and self.session.stop_signal is None:
+            self.session.stop_signal = stop_reason
         deadline = None if timeout is None else time.monotonic() + timeout
         for sink in self.api_sinks():
             if not sink.requests.settle(deadline):
@@ -230,7 +215,7 @@ class TargetCBX1(Target):
         if self.dry_run is not None:
             self.dry_run.print_summary(self.ledger)
         else:
-            self.progress.log_summary({sink.stream_name: sink.stats() for sink in self.api_sinks()})
+            self.progress.log_summary(self.run_context.all_stats())
         if self.settings.state_output == "hotglue":
             self.ledger.write(sys.stdout)
             sys.stdout.flush()

@@ -155,7 +155,7 @@ def api() -> t.Iterator[requests_mock.Mocker]:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Retry waits, recorded instead of slept."""
     waits: list[float] = []
-    monkeypatch.setattr("target_cbx1.client.sleep", waits.append)
+    monkeypatch.setattr("target_cbx1.session.sleep", waits.append)
     return waits
 
 

@@ -20,8 +20,8 @@ from target_cbx1.records import (
 )
 
 NO_OPTIONS = PayloadOptions(add_stream_key=False, metadata=None)
-DOMAIN = LookupRule("domain")
-EMAIL = LookupRule("email")
+DOMAIN = LookupRule.named("domain")
+EMAIL = LookupRule.named("email")
 
 
 # --- normalise_domain / normalise_email -----------------------------------------------------------
@@ -64,7 +64,7 @@ def test_normalise_email_trims_and_lowercases() -> None:
     ],
 )
 def test_lookup_rule_kind_follows_field_name(field: str, kind: str) -> None:
-    assert LookupRule(field).kind == kind
+    assert LookupRule.named(field).kind == kind
 
 
 def test_domain_key_is_normalised() -> None:
@@ -76,7 +76,7 @@ def test_email_key_is_normalised() -> None:
 
 
 def test_text_key_is_trimmed_and_numbers_become_text() -> None:
-    rule = LookupRule("id")
+    rule = LookupRule.named("id")
     assert rule.key_of("  A-17 ") == "A-17"
     assert rule.key_of(12345) == "12345"
 
@@ -85,7 +85,7 @@ def test_text_key_is_trimmed_and_numbers_become_text() -> None:
 @pytest.mark.parametrize("field", ["domain", "email", "id"])
 def test_missing_key_is_rejected_with_message_naming_the_field(field: str, missing: object) -> None:
     with pytest.raises(RecordRejectedError, match=rf"^{field} is required") as caught:
-        LookupRule(field).key_of(missing)
+        LookupRule.named(field).key_of(missing)
     assert caught.value.lookup_key is None
 
 
@@ -118,25 +118,25 @@ def test_non_text_value_for_domain_or_email_is_rejected(rule: LookupRule) -> Non
 
 
 def test_lookup_fields_override_wins_over_stream_name() -> None:
-    assert lookup_rule_for("accounts", ["id"], {"accounts": "website"}) == LookupRule("website")
+    assert lookup_rule_for("accounts", ["id"], {"accounts": "website"}) == LookupRule.named("website")
 
 
 def test_override_for_another_stream_is_ignored() -> None:
-    assert lookup_rule_for("accounts", [], {"contacts": "phone"}) == LookupRule("domain")
+    assert lookup_rule_for("accounts", [], {"contacts": "phone"}) == LookupRule.named("domain")
 
 
 @pytest.mark.parametrize("stream", ["accounts", "Account", "companies", "crm_company"])
 def test_account_and_company_streams_use_domain(stream: str) -> None:
-    assert lookup_rule_for(stream, ["id"], {}) == LookupRule("domain")
+    assert lookup_rule_for(stream, ["id"], {}) == LookupRule.named("domain")
 
 
 @pytest.mark.parametrize("stream", ["contacts", "Leads", "person", "people_person"])
 def test_contact_lead_and_person_streams_use_email(stream: str) -> None:
-    assert lookup_rule_for(stream, ["id"], {}) == LookupRule("email")
+    assert lookup_rule_for(stream, ["id"], {}) == LookupRule.named("email")
 
 
 def test_other_stream_falls_back_to_its_single_key_property() -> None:
-    assert lookup_rule_for("deals", ["dealId"], {}) == LookupRule("dealId")
+    assert lookup_rule_for("deals", ["dealId"], {}) == LookupRule.named("dealId")
 
 
 @pytest.mark.parametrize("keys", [[], ["a", "b"]])
@@ -243,13 +243,13 @@ def test_values_are_sent_as_given() -> None:
 
 
 def test_non_text_lookup_value_is_sent_as_it_is() -> None:
-    key, payload = build_payload({"id": 7, "name": "Seven"}, "things", LookupRule("id"), NO_OPTIONS)
+    key, payload = build_payload({"id": 7, "name": "Seven"}, "things", LookupRule.named("id"), NO_OPTIONS)
     assert key == "7"
     assert payload == {"id": 7, "name": "Seven"}
 
 
 def test_text_lookup_value_is_sent_normalised() -> None:
-    key, payload = build_payload({"code": " V-0042 "}, "vendors", LookupRule("code"), NO_OPTIONS)
+    key, payload = build_payload({"code": " V-0042 "}, "vendors", LookupRule.named("code"), NO_OPTIONS)
     assert key == "V-0042"
     assert payload == {"code": "V-0042"}
 

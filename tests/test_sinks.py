@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 
 import pytest
 from singer_sdk.exceptions import (
@@ -385,6 +386,33 @@ def test_records_queued_before_a_schema_change_are_sent_first(api, capsys):
     names = [p["name"] for body in posted(api) for p in body]
     assert names == ["Company 1", "Renamed"]
     assert len(state["bookmarks"]["accounts"]) == 2
+
+
+def test_request_threads_end_with_their_sink_however_often_the_schema_changes(api, capsys):
+    earlier = set(threading.enumerate())  # other tests' stopped runs may leave threads behind
+
+    def request_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("cbx1-accounts") and t not in earlier]
+
+    peak: list[int] = []
+
+    def answer(request, context):
+        peak.append(len(request_threads()))
+        return bulk_answer()(request, context)
+
+    api.post(BULK_ACCOUNTS, json=answer)
+    messages: list[dict | str] = []
+    for version in range(30):
+        changed = schema("accounts")
+        properties = {**changed["schema"]["properties"], f"field{version}": {"type": ["string", "null"]}}
+        changed["schema"] = {**changed["schema"], "properties": properties}
+        messages += [changed, *(account(version * 10 + n) for n in range(3))]
+
+    state = run_target(make_config(max_concurrency=4), messages, capsys).state
+
+    assert state["summary"]["accounts"]["success"] == 90
+    assert max(peak) <= 4
+    assert request_threads() == []
 
 
 @pytest.mark.parametrize("stream", ["Account", "companies", "hubspot_companies"])

@@ -1,0 +1,1 @@
+"""CBX1's endpoint contracts: `base` (the interface, outcomes, key matching), `bulk`, `ingestion`."""
