@@ -95,6 +95,45 @@ def contact(number: int, email: str | None = None, **fields: t.Any) -> dict:
     )
 
 
+ENVELOPE_TYPES = ["null", "boolean", "string", "integer", "number", "object"]
+ENVELOPE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        name: {"type": ENVELOPE_TYPES} for name in ("data", "sourceRecordId", "source", "lookupKey")
+    },
+}
+
+
+def envelope_schema(stream: str) -> dict:
+    """A SCHEMA message as CBX1's ETL writes it for envelope records."""
+    return {"type": "SCHEMA", "stream": stream, "schema": ENVELOPE_SCHEMA, "key_properties": []}
+
+
+def envelope(stream: str, lookup_key: t.Any = None, data: dict | None = None, **fields: t.Any) -> dict:
+    """An envelope RECORD; fields left out (None) are absent, as the ETL leaves null fields out."""
+    record = {"data": {"name": f"{lookup_key}"} if data is None else data, "lookupKey": lookup_key, **fields}
+    return {"type": "RECORD", "stream": stream, "record": {k: v for k, v in record.items() if v is not None}}
+
+
+def records_answer(reject: t.Mapping[str, str] | None = None, skip: t.Collection[str] = ()) -> t.Callable:
+    """A records-endpoint responder: SUCCESS (or SKIPPED, or FAILED per `reject`) per record, shuffled."""
+    reject = reject or {}
+
+    def answer(request: t.Any, context: t.Any) -> dict:
+        results = []
+        for sent in request.json()["records"]:
+            key = str(sent["lookupKey"]).strip().lower()
+            if key in reject:
+                results.append({"status": "FAILED", "entityId": None, "lookupKey": key, "error": reject[key]})
+            else:
+                status = "SKIPPED" if key in skip else "SUCCESS"
+                results.append({"status": status, "entityId": cbx1_id(key), "lookupKey": key})
+        random.Random(len(results)).shuffle(results)
+        return {"status": {"code": "CM000", "message": "Success"}, "data": {"results": results}}
+
+    return answer
+
+
 def lines_of(messages: list[dict | str]) -> str:
     return "".join((m if isinstance(m, str) else json.dumps(m)) + "\n" for m in messages)
 
@@ -139,7 +178,7 @@ def upsert_answer(request: t.Any, context: t.Any) -> dict:
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never depend on the developer's environment."""
-    for name in ("BASE_URL", "JOB_ROOT", "JOB_ID", "OUTPUT_MAPPED_RECORD"):
+    for name in ("BASE_URL", "JOB_ROOT", "JOB_ID", "OUTPUT_MAPPED_RECORD", "CONNECTOR_ID"):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -76,7 +76,7 @@ def wait_until(condition: t.Callable[[], bool], seconds: float = 20) -> None:
 
 def env_with(extra: dict[str, str] | None) -> dict[str, str]:
     """This process's environment without HotGlue's variables, plus `extra`."""
-    hotglue = ("JOB_ID", "JOB_ROOT", "BASE_URL", "OUTPUT_MAPPED_RECORD")
+    hotglue = ("JOB_ID", "JOB_ROOT", "BASE_URL", "OUTPUT_MAPPED_RECORD", "CONNECTOR_ID")
     return {**{k: v for k, v in os.environ.items() if k not in hotglue}, **(extra or {})}
 
 

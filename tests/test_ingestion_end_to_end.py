@@ -1,0 +1,177 @@
+"""Real-shaped ETL envelope output through the real command into the sandbox's records endpoint."""
+
+from __future__ import annotations
+
+import json
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from target_cbx1.sandbox import Sandbox
+from tests.conftest import ENVELOPE_SCHEMA, lines_of, sandbox_config
+from tests.test_end_to_end import assert_no_secrets, run_command
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "envelopes"
+OBJECT_TYPES = {"Account": "ACCOUNT", "Contact": "CONTACT", "Lead": "CONTACT", "accounts": "ACCOUNT"}
+
+
+def salesforce_export(accounts: int = 300, contacts: int = 150, leads: int = 50) -> list[dict]:
+    """Salesforce-shaped envelopes: some accounts repeat a domain with the same data (a duplicate account,
+    SKIPPED by CBX1) or with new data (the later write wins); every 50th account has a bad domain.
+    """
+    messages: list[dict] = [
+        {"type": "SCHEMA", "stream": stream, "schema": ENVELOPE_SCHEMA, "key_properties": []}
+        for stream in ("Account", "Contact", "Lead")
+    ]
+
+    def record(stream: str, number: int, key: str, data: dict) -> dict:
+        prefix = {"Account": "001", "Contact": "003", "Lead": "00Q"}[stream]
+        envelope = {"data": data, "sourceRecordId": f"{prefix}5g0000{number:08d}", "source": "SALESFORCE"}
+        return {"type": "RECORD", "stream": stream, "record": {**envelope, "lookupKey": key}}
+
+    for number in range(accounts):
+        company = number if number % 10 else number // 2  # every 10th repeats an earlier company
+        key = f"Company{company}.example.com" if number % 50 != 49 else f"not a domain {number}"
+        data = {"name": f"Company {company}", "domain": key, "employeeCount": 10 + company}
+        if number % 30 == 0 and number:
+            data = {**data, "employeeCount": 999}  # the same company, updated
+        messages.append(record("Account", number, key, data))
+    for number in range(contacts):
+        email = f"person{number % 120}@company{number % 40}.example.com"
+        messages.append(record("Contact", number, email, {"email": email, "firstName": f"P{number}"}))
+    for number in range(leads):
+        email = f"lead{number}@prospect{number}.example.com"
+        messages.append(record("Lead", number, email, {"email": email, "leadScore": number}))
+    return messages
+
+
+def expected_outcomes(messages: list[dict]) -> dict[str, list[str]]:
+    """What CBX1 should answer per record, by the sandbox's rules: existing when the same data is
+    already stored under the key, failed for a bad domain, else success.
+    """
+    stored: dict[tuple[str, str], t.Any] = {}
+    outcomes: dict[str, list[str]] = {}
+    for message in messages:
+        if message["type"] != "RECORD":
+            continue
+        record, stream = message["record"], message["stream"]
+        key = (OBJECT_TYPES[stream], record["lookupKey"].lower())
+        if record["lookupKey"].startswith("not a domain"):
+            outcome = "fail"
+        elif stored.get(key) == record["data"]:
+            outcome = "existing"
+        else:
+            stored[key] = record["data"]
+            outcome = "success"
+        outcomes.setdefault(stream, []).append(outcome)
+    return outcomes
+
+
+def assert_landed(state: dict, messages: list[dict], sandbox: Sandbox) -> None:
+    """One entry per record in input order, each id the sandbox's, each externalId the sourceRecordId."""
+    expected = expected_outcomes(messages)
+    for stream, outcomes in expected.items():
+        sent = [m["record"] for m in messages if m["type"] == "RECORD" and m["stream"] == stream]
+        entries = state["bookmarks"][stream]
+        assert [e["externalId"] for e in entries] == [r.get("sourceRecordId") for r in sent]
+        entities = sandbox.entities(OBJECT_TYPES[stream])
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            if outcome == "fail":
+                assert entry["success"] is False, entry
+                assert entry["error"].startswith("CBX1 rejected the record: Invalid domain"), entry
+            else:
+                assert entry["success"] is True, entry
+                assert entry["id"] == entities[entry["lookupKey"]].id, entry
+        summary = state["summary"][stream]
+        assert summary["existing"] == outcomes.count("existing")
+        assert summary["fail"] == outcomes.count("fail")
+        assert summary["success"] == outcomes.count("success")
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "record"])
+def test_salesforce_export_lands_completely_with_ids_external_ids_and_order(sandbox, tmp_path, batch):
+    messages = salesforce_export()
+
+    result = run_command(sandbox_config(sandbox, process_as_batch=batch), tmp_path, lines_of(messages))
+
+    assert result.returncode == 0, result.stderr
+    assert_landed(result.state, messages, sandbox)
+    accounts = sandbox.entities("ACCOUNT")
+    assert accounts["company30.example.com"].data["employeeCount"] == 999  # the later write won
+    assert_no_secrets(result, sandbox)
+
+
+def test_every_example_export_lands(sandbox, tmp_path):
+    outcomes: dict[str, dict[str, dict[str, int]]] = {}
+    for source in ("hubspot", "salesforce", "marketo"):
+        stdin = (EXAMPLES / f"{source}.singer").read_text()
+        result = run_command(sandbox_config(sandbox), tmp_path, stdin, env={"CONNECTOR_ID": source})
+        assert result.returncode == 0, result.stderr
+        outcomes[source] = result.state["summary"]
+        for entries in result.state["bookmarks"].values():
+            assert all(entry["success"] or entry["error"] for entry in entries)
+
+    assert outcomes["hubspot"]["accounts"] == {"success": 4, "fail": 2, "existing": 0, "updated": 0}
+    assert outcomes["hubspot"]["contacts"] == {"success": 5, "fail": 0, "existing": 1, "updated": 0}
+    assert outcomes["salesforce"]["Account"]["existing"] == 1
+    assert outcomes["salesforce"]["Contact"]["fail"] == 1
+    assert outcomes["marketo"]["leads"] == {"success": 7, "fail": 0, "existing": 0, "updated": 0}
+    paths = {(exchange.source, exchange.stream) for exchange in sandbox.exchanges}
+    assert paths == {
+        ("HUBSPOT", "ACCOUNT"),
+        ("HUBSPOT", "CONTACT"),
+        ("SALESFORCE", "ACCOUNT"),
+        ("SALESFORCE", "CONTACT"),
+        ("MARKETO", "CONTACT"),
+    }
+
+
+def test_no_source_anywhere_fails_every_envelope_and_sends_nothing(sandbox, tmp_path):
+    stdin = (EXAMPLES / "hubspot.singer").read_text()
+
+    result = run_command(sandbox_config(sandbox), tmp_path, stdin)
+
+    assert result.returncode == 0, result.stderr
+    for entries in result.state["bookmarks"].values():
+        for entry in entries:
+            assert entry["success"] is False
+    assert sandbox.exchanges == []
+    assert "CONNECTOR_ID" in json.dumps(result.state)
+
+
+def test_faults_on_the_records_endpoint_cost_only_the_records_they_hit(sandbox, tmp_path):
+    messages = salesforce_export(accounts=40, contacts=0, leads=0)
+    for fault in ("502", "reject=company7.example.com", "omit=1"):
+        sandbox.add_fault(fault)
+
+    result = run_command(sandbox_config(sandbox), tmp_path, lines_of(messages))
+
+    assert result.returncode == 0, result.stderr
+    entries = result.state["bookmarks"]["Account"]
+    failures = {entry["lookupKey"]: entry["error"] for entry in entries if not entry["success"]}
+    assert "Validation failed for record" in failures.pop("company7.example.com")
+    no_result = [key for key, error in failures.items() if error.startswith("no result returned")]
+    assert len(no_result) == 1
+    assert set(failures) == set(no_result)
+    entities = sandbox.entities("ACCOUNT")
+    assert all(entry["id"] == entities[entry["lookupKey"]].id for entry in entries if entry["success"])
+
+
+def test_a_rerun_of_the_job_resends_only_the_envelopes_that_failed(sandbox, tmp_path):
+    messages = salesforce_export(accounts=30, contacts=10, leads=0)
+    config = sandbox_config(sandbox, incremental_state_path=str(tmp_path / "incremental.json"))
+    sandbox.add_fault("reject=company3.example.com")
+    first = run_command(config, tmp_path, lines_of(messages))
+    failed = {e["lookupKey"] for e in first.state["bookmarks"]["Account"] if not e["success"]}
+    assert failed == {"company3.example.com"}
+    sent_before = len(sandbox.exchanges)
+    sandbox.faults.faults.clear()
+
+    second = run_command(config, tmp_path, lines_of(messages))
+
+    assert second.returncode == 0, second.stderr
+    resent = [key for exchange in sandbox.exchanges[sent_before:] for key in exchange.lookup_keys]
+    assert resent == ["company3.example.com"]
+    assert all(entry["success"] for entry in second.state["bookmarks"]["Account"])
+    assert len(second.state["bookmarks"]["Account"]) == 30
