@@ -237,7 +237,7 @@ def test_about_lists_every_setting():
     assert settings["batch_size"]["default"] == 20
 
 
-def test_demo_shows_every_record_outcome(tmp_path):
+def test_demo_shows_every_record_outcome_of_every_job(tmp_path):
     demo = Path(__file__).parent.parent / "examples" / "demo.py"
 
     result = subprocess.run(
@@ -245,13 +245,16 @@ def test_demo_shows_every_record_outcome(tmp_path):
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "accounts: 9 records read, 6 sent in 1 request: 5 succeeded, 3 failed, 1 existing" in result.stdout
-    assert (
-        "contacts: 8 records read, 6 sent in 2 requests: 6 succeeded, 2 failed, 0 existing" in result.stdout
-    )
-    assert (
-        "5006     umbrella_corp.com        FAILED: CBX1 rejected the record: Invalid domain" in result.stdout
-    )
-    state = json.loads((tmp_path / "state.json").read_text())
-    for entry in state["bookmarks"]["accounts"] + state["bookmarks"]["contacts"]:
-        assert (entry["id"] if entry["success"] else entry["error"]) in result.stdout
+    out = result.stdout
+    assert "accounts: 9 records read: 5 succeeded, 3 failed, 1 existing" in out
+    assert "contacts: 8 records read: 6 succeeded, 2 failed, 0 existing" in out
+    assert "umbrella_corp.com                    FAILED: CBX1 rejected the record: Invalid domain" in out
+    assert "5 records sent in 1 request to integrations/HUBSPOT/ACCOUNT/records" in out
+    assert "Account: 8 records read: 7 succeeded, 0 failed, 1 existing" in out
+    assert "7 records sent in 1 request to integrations/MARKETO/CONTACT/records" in out
+    jobs = ["hubspot-flat", "hubspot-envelopes", "salesforce-envelopes", "marketo-envelopes"]
+    for job in jobs:
+        state = json.loads((tmp_path / job / "state.json").read_text())
+        for entries in state["bookmarks"].values():
+            for entry in entries:
+                assert (entry["id"] if entry["success"] else entry["error"]) in out
