@@ -101,9 +101,9 @@ class Settings(BaseModel):
     )
     object_types: dict[str, ObjectType] = setting(
         {},
-        description='CBX1 object type per stream for the records endpoint, e.g. {"people": "CONTACT"}. '
-        "Default: ACCOUNT for account/company streams, CONTACT for contact/lead/person streams "
-        "(matched in any case).",
+        description="CBX1 object type (ACCOUNT or CONTACT) per stream for the records endpoint, e.g. "
+        '{"people": "CONTACT"}. Default: ACCOUNT for streams whose name contains account or compan, '
+        "CONTACT for contact, lead or person, in any case.",
     )
     process_as_batch: bool = setting(
         True,
