@@ -14,6 +14,7 @@ from singer_sdk.sinks import Sink
 
 from target_cbx1 import jsonio
 from target_cbx1.context import HasRunContext
+from target_cbx1.contracts.base import Outcome
 from target_cbx1.errors import ApiOutageError, RequestFailedError
 from target_cbx1.pipeline import RequestPool
 from target_cbx1.records import RecordRejectedError, record_hash
@@ -23,7 +24,7 @@ from target_cbx1.validation import CompiledValidator
 if t.TYPE_CHECKING:
     from singer_sdk.target_base import Target
 
-    from target_cbx1.contracts.base import Contract, Outcome, Payload
+    from target_cbx1.contracts.base import Contract, Payload
     from target_cbx1.ledger import Entry
 
 State = dict[str, t.Any]
@@ -199,16 +200,17 @@ class ApiSink(Sink):
         records of a chunk CBX1 rejected as a whole. Raises only errors that stop the run.
         """
         path = self.contract.single_path(record)
+        key = self.route.payload_key(record)
         started = time.monotonic()
         try:
             answer = self.post(path, self.contract.single_body(record))
-            outcome = self.contract.single_outcome(path, answer.get("data"), self.route.payload_key(record))
+            outcome = self.contract.single_outcome(path, answer.get("data"), key)
         except RequestFailedError as exc:
             self.finish_request(path, 1, started, 1, str(exc))
-            state = self.failure_state(record, str(exc))
+            outcome = Outcome(False, error=str(exc))
         else:
             self.finish_request(path, 1, started, 0 if outcome.success else 1)
-            state = self.state_of(record, outcome)
+        state = self.state_of(record, key, outcome)
         return state["id"], state["success"], state
 
     def write_alone(self, pending: Pending) -> None:
@@ -223,13 +225,13 @@ class ApiSink(Sink):
 
     # Outcomes
 
-    def state_of(self, payload: Payload, outcome: Outcome) -> State:
-        """A record's HotGlue state entry from CBX1's outcome (success, id, externalId, lookupKey, error)."""
+    def state_of(self, payload: Payload, key: str, outcome: Outcome) -> State:
+        """A record's HotGlue state from CBX1's outcome: success, id, externalId, lookupKey, error."""
         state: State = {
             "success": outcome.success,
             "id": outcome.id,
             "externalId": self.route.payload_external_id(payload),
-            "lookupKey": self.route.payload_key(payload),
+            "lookupKey": key,
         }
         if not outcome.success:
             state["error"] = outcome.error
@@ -238,15 +240,6 @@ class ApiSink(Sink):
         if outcome.updated:
             state["updated"] = True
         return state
-
-    def failure_state(self, payload: Payload, error: str) -> State:
-        return {
-            "success": False,
-            "id": None,
-            "externalId": self.route.payload_external_id(payload),
-            "lookupKey": self.route.payload_key(payload),
-            "error": error,
-        }
 
     @staticmethod
     def update_state(state: State, entry: Entry) -> None:

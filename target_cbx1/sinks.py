@@ -9,6 +9,7 @@ from functools import partial
 from singer_sdk import sinks as sdk_sinks
 
 from target_cbx1.client import ApiSink, Pending
+from target_cbx1.contracts.base import Outcome
 from target_cbx1.errors import ApiOutageError, RejectedError, RequestFailedError
 
 if t.TYPE_CHECKING:
@@ -86,9 +87,10 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         try:
             outcomes = self.contract.batch_outcomes(path, response.get("data"), keys)
         except RequestFailedError as exc:
-            return {"state_updates": [self.failure_state(record, str(exc)) for record in raw_records]}
+            outcomes = [Outcome(False, error=str(exc))] * len(raw_records)
         states = [
-            self.state_of(record, outcome) for record, outcome in zip(raw_records, outcomes, strict=True)
+            self.state_of(record, key, outcome)
+            for record, key, outcome in zip(raw_records, keys, outcomes, strict=True)
         ]
         return {"state_updates": states}
 

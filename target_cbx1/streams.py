@@ -106,6 +106,8 @@ class StreamRoute:
         """The normalised lookup key of a prepared payload, the form CBX1's results are matched in."""
         field = "lookupKey" if self.shape != "flat" else self.lookup.field if self.lookup else ""
         value = payload.get(field)
+        if self.shape != "envelope" and isinstance(value, str):
+            return value  # prepare() already put the normalised key there
         return self.lookup.normalise(value) if self.lookup else str(value)
 
     def describe(self) -> str:

@@ -142,7 +142,7 @@ def test_no_source_anywhere_fails_every_envelope_and_sends_nothing(sandbox, tmp_
 
 def test_faults_on_the_records_endpoint_cost_only_the_records_they_hit(sandbox, tmp_path):
     messages = salesforce_export(accounts=40, contacts=0, leads=0)
-    for fault in ("502", "reject=company7.example.com", "omit=1"):
+    for fault in ("502", "401", "reject=company7.example.com", "omit=1"):
         sandbox.add_fault(fault)
 
     result = run_command(sandbox_config(sandbox), tmp_path, lines_of(messages))
@@ -175,3 +175,18 @@ def test_a_rerun_of_the_job_resends_only_the_envelopes_that_failed(sandbox, tmp_
     assert resent == ["company3.example.com"]
     assert all(entry["success"] for entry in second.state["bookmarks"]["Account"])
     assert len(second.state["bookmarks"]["Account"]) == 30
+
+
+def test_singer_mode_forwards_the_taps_state_once_its_envelopes_are_written(sandbox, tmp_path):
+    messages = salesforce_export(accounts=30, contacts=0, leads=0)
+    bookmark = {"type": "STATE", "value": {"bookmarks": {"Account": {"SystemModstamp": "2026-11-30"}}}}
+    config = sandbox_config(
+        sandbox, state_output="singer", results_path=str(tmp_path / "results.json"), process_as_batch=False
+    )
+
+    result = run_command(config, tmp_path, lines_of([*messages, bookmark]))
+
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [bookmark["value"]]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert_landed(results, messages, sandbox)
