@@ -169,20 +169,24 @@ class SourceRule:
     default: str | None
     default_named_by: str = "source"
 
-    def source_of(self, own: object) -> str:
-        """The SOURCE for a record's URL path; raises RecordRejectedError when there is none fit for one."""
+    def source_of(self, own: object, lookup_key: str | None = None) -> str:
+        """The SOURCE for a record's URL path; raises RecordRejectedError (naming the record's
+        `lookup_key`) when there is none fit for one.
+        """
         value = own if own not in (None, "") else self.default
         if value is None:
             raise RecordRejectedError(
                 "no source: the record names no CRM (source), and neither the setting `source` nor "
                 "the environment variable CONNECTOR_ID is set; set `source` (HUBSPOT, SALESFORCE or "
-                "MARKETO) in the config, so it was not sent"
+                "MARKETO) in the config, so it was not sent",
+                lookup_key,
             )
         if not isinstance(value, str) or not PLAIN_WORD.fullmatch(value):
             named_by = "the record" if value is own else self.default_named_by
             raise RecordRejectedError(
                 f"invalid source {value!r} (from {named_by}): a source is one word of letters, digits, "
-                "_ or - such as HUBSPOT, so it was not sent"
+                "_ or - such as HUBSPOT, so it was not sent",
+                lookup_key,
             )
         return value.upper()
 
@@ -205,10 +209,7 @@ def build_envelope(
             "and this one has none, so it was not sent",
             key,
         )
-    try:
-        source = sources.source_of(record.get("source"))
-    except RecordRejectedError as exc:
-        raise RecordRejectedError(str(exc), key) from None
+    source = sources.source_of(record.get("source"), key)
     envelope = without_sdc_columns(record)
     envelope["data"] = without_sdc_columns(data)
     envelope["source"] = source
@@ -228,10 +229,7 @@ def wrap_flat(
     `source` the record's crmSystem (else the default).
     """
     key, data = build_payload(record, stream, rule, PayloadOptions(add_stream_key=False, metadata=None))
-    try:
-        source = sources.source_of(record.get("crmSystem"))
-    except RecordRejectedError as exc:
-        raise RecordRejectedError(str(exc), key) from None
+    source = sources.source_of(record.get("crmSystem"), key)
     envelope: dict[str, t.Any] = {"data": data, "lookupKey": key, "source": source}
     external_id = external_id_of(record)
     if external_id is not None:
