@@ -50,6 +50,8 @@ class ApiSink(Sink):
     route, sends it through the route's contract, and records each outcome with `update_state`.
     """
 
+    sends_alone: t.ClassVar[bool] = False  # every record in the contract's single-record form
+
     def __init__(
         self,
         target: Target,
@@ -136,10 +138,9 @@ class ApiSink(Sink):
         limit = self.settings.max_request_bytes
         if limit is None:
             return
-        pending.size = len(jsonio.encode(pending.payload))
-        if self.settings.inject_batch_ids:
-            pending.size += BATCH_ID_BYTES
-        alone = self.body_size([pending])
+        batch_id_bytes = BATCH_ID_BYTES if self.settings.inject_batch_ids else 0
+        pending.size = len(jsonio.encode(pending.payload)) + batch_id_bytes
+        alone = len(jsonio.encode(self.body([pending]))) + batch_id_bytes
         if alone > limit:
             raise RecordRejectedError(
                 f"the record is too large to send: its request body would be {alone} bytes, over "
@@ -147,10 +148,11 @@ class ApiSink(Sink):
                 pending.key,
             )
 
-    def body_size(self, batch: t.Sequence[Pending]) -> int:
-        """The bytes of the JSON body that would carry these records (their sizes must be measured)."""
-        empty = len(jsonio.encode(self.contract.batch_body([])))
-        return empty + sum(pending.size for pending in batch) + max(len(batch) - 1, 0)
+    def body(self, batch: t.Sequence[Pending]) -> t.Any:
+        """The JSON-ready body of the request that carries these records."""
+        if self.sends_alone:
+            return self.contract.single_body(batch[0].payload)
+        return self.contract.batch_body([pending.payload for pending in batch])
 
     @abc.abstractmethod
     def enqueue(self, pending: Pending) -> None:
@@ -158,20 +160,15 @@ class ApiSink(Sink):
 
     # Requests out
 
-    def dispatch(self, batch: list[Pending], work: t.Callable[[], None], *, single: bool) -> None:
+    def dispatch(self, batch: list[Pending], work: t.Callable[[], None]) -> None:
         """Hand a new request to the pool (in a dry run, to the dry run instead)."""
         self.stamp(batch)
         self.stats.sent += len(batch)
         dry_run = self.run.dry_run
         if dry_run is not None:
             first = batch[0].payload
-            path = self.contract.single_path(first) if single else self.contract.batch_path(first)
-            body = (
-                self.contract.single_body(first)
-                if single
-                else self.contract.batch_body([pending.payload for pending in batch])
-            )
-            dry_run.take(self.stream_name, path, body, [pending.entry for pending in batch])
+            path = self.contract.single_path(first) if self.sends_alone else batch[0].path
+            dry_run.take(self.stream_name, path, self.body(batch), [pending.entry for pending in batch])
             return
         self.requests.submit(frozenset(pending.key for pending in batch), work)
 

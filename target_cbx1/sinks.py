@@ -8,6 +8,7 @@ from functools import partial
 
 from singer_sdk import sinks as sdk_sinks
 
+from target_cbx1 import jsonio
 from target_cbx1.client import ApiSink, Pending
 from target_cbx1.contracts.base import Outcome
 from target_cbx1.errors import ApiOutageError, RejectedError, RequestFailedError
@@ -41,16 +42,17 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         """Hand everything queued to the request pool, chunk by chunk in input order."""
         queue, self._queue = self._queue, []
         for chunk in self.chunks(queue):
-            self.dispatch(chunk, partial(self._write_chunk, chunk), single=False)
+            self.dispatch(chunk, partial(self._write_chunk, chunk))
 
     def chunks(self, queue: list[Pending]) -> Iterator[list[Pending]]:
         """Input-order chunks of at most batch_size records, each for one path, with no lookup key
         twice, and within max_request_bytes when it is set.
         """
         limit = self.settings.max_request_bytes
+        empty = len(jsonio.encode(self.contract.batch_body([]))) if limit is not None and queue else 0
         chunk: list[Pending] = []
         keys: set[str] = set()
-        size = 0
+        size = empty  # the chunk's body: the empty body, each record, a comma between two
         for pending in queue:
             if chunk and (
                 len(chunk) == self.max_size
@@ -59,11 +61,8 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
                 or (limit is not None and size + 1 + pending.size > limit)
             ):
                 yield chunk
-                chunk, keys = [], set()
-            if not chunk:
-                size = self.body_size([pending])
-            else:
-                size += 1 + pending.size
+                chunk, keys, size = [], set(), empty
+            size += pending.size + (1 if chunk else 0)
             chunk.append(pending)
             keys.add(pending.key)
         if chunk:
@@ -130,5 +129,7 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
 class RecordSink(ApiSink, sdk_sinks.RecordSink):
     """Sends each record on its own with HotGlue's record hook, `upsert_record`."""
 
+    sends_alone = True
+
     def enqueue(self, pending: Pending) -> None:
-        self.dispatch([pending], partial(self.write_alone, pending), single=True)
+        self.dispatch([pending], partial(self.write_alone, pending))

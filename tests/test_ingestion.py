@@ -23,6 +23,7 @@ from tests.conftest import (
     run_target,
     schema,
     stdin_of,
+    upsert_answer,
 )
 
 
@@ -553,3 +554,21 @@ def test_a_dry_run_shows_the_records_endpoint_and_sends_nothing(api, capsys):
     )
     assert '"records": [' in output.err
     assert api.request_history == []
+
+
+@pytest.mark.parametrize(("batch", "around"), [(True, 2), (False, 0)], ids=["bulk", "upsert"])
+def test_max_request_bytes_counts_the_exact_body_of_the_request_that_carries_the_record(
+    api, capsys, batch, around
+):
+    api.post(f"{API}/api/t/v1/targets/accounts/bulk", json=bulk_answer())
+    api.post(f"{API}/api/t/v1/targets/accounts/upsert", json=upsert_answer)
+    payload = {"crmAssociationId": "00100001", "name": "Company 1", "domain": "company1.com"}
+    exact = len(json.dumps(payload, separators=(",", ":"))) + around  # "[...]" for /bulk, bare for /upsert
+    messages = [schema("accounts"), account(1)]
+
+    fits = run_target(make_config(max_request_bytes=exact, process_as_batch=batch), messages, capsys)
+    too_big = run_target(make_config(max_request_bytes=exact - 1, process_as_batch=batch), messages, capsys)
+
+    assert entries(fits.state, "accounts")[0]["success"] is True
+    assert f"its request body would be {exact} bytes" in entries(too_big.state, "accounts")[0]["error"]
+    assert [len(r.body) for r in data_requests(api)] == [exact]
