@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import logging
 import time
 import typing as t
@@ -34,8 +35,8 @@ BATCH_ID_BYTES = len(jsonio.encode({"hgBatchId": "0" * 32})) - 1
 
 @dataclass
 class Pending:
-    """A prepared record waiting for its request: `path` is the request it can travel in, `size` the
-    bytes of its JSON (0 when max_request_bytes is off).
+    """A prepared record waiting for its request: `path` is the path of the chunk it can join (the
+    records of one chunk share it), `size` the bytes of its JSON (0 when max_request_bytes is off).
     """
 
     entry: Entry
@@ -67,7 +68,10 @@ class ApiSink(Sink):
         self.route = self.run.router.route(stream_name, schema, self.key_properties)
         self.stats = self.run.stats(stream_name)
         self.requests = RequestPool(
-            self.settings.max_concurrency, f"cbx1-{stream_name}", lambda: self.run.session.stop_signal
+            self.settings.max_concurrency,
+            f"cbx1-{stream_name}",
+            lambda: self.run.session.stop_signal,
+            self.run.in_flight,
         )
         self.run.ledger.open_stream(stream_name)
 
@@ -138,9 +142,10 @@ class ApiSink(Sink):
         limit = self.settings.max_request_bytes
         if limit is None:
             return
-        batch_id_bytes = BATCH_ID_BYTES if self.settings.inject_batch_ids else 0
-        pending.size = len(jsonio.encode(pending.payload)) + batch_id_bytes
-        alone = len(jsonio.encode(self.body([pending]))) + batch_id_bytes
+        pending.size = len(jsonio.encode(pending.payload))
+        if self.settings.inject_batch_ids:
+            pending.size += BATCH_ID_BYTES
+        alone = self.wrapping_bytes + pending.size
         if alone > limit:
             raise RecordRejectedError(
                 f"the record is too large to send: its request body would be {alone} bytes, over "
@@ -148,11 +153,16 @@ class ApiSink(Sink):
                 pending.key,
             )
 
-    def body(self, batch: t.Sequence[Pending]) -> t.Any:
-        """The JSON-ready body of the request that carries these records."""
-        if self.sends_alone:
-            return self.contract.single_body(batch[0].payload)
-        return self.contract.batch_body([pending.payload for pending in batch])
+    @functools.cached_property
+    def wrapping_bytes(self) -> int:
+        """What the request body adds around one record's JSON ("[" and "]" for /bulk, none for /upsert)."""
+        return len(jsonio.encode(self.request_body([{}]))) - len(b"{}")
+
+    def request_body(self, payloads: list[Payload]) -> t.Any:
+        """The JSON-ready body of the request that carries these records, in this sink's form."""
+        return (
+            self.contract.single_body(payloads[0]) if self.sends_alone else self.contract.batch_body(payloads)
+        )
 
     @abc.abstractmethod
     def enqueue(self, pending: Pending) -> None:
@@ -168,9 +178,11 @@ class ApiSink(Sink):
         if dry_run is not None:
             first = batch[0].payload
             path = self.contract.single_path(first) if self.sends_alone else batch[0].path
-            dry_run.take(self.stream_name, path, self.body(batch), [pending.entry for pending in batch])
+            body = self.request_body([pending.payload for pending in batch])
+            dry_run.take(self.stream_name, path, body, [pending.entry for pending in batch])
             return
-        self.requests.submit(frozenset(pending.key for pending in batch), work)
+        scope = self.contract.scope
+        self.requests.submit(frozenset(f"{scope} {pending.key}" for pending in batch), work)
 
     def stamp(self, batch: list[Pending]) -> None:
         """Give a new request's records their batch id and mapped record, when asked for."""

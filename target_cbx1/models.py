@@ -38,39 +38,35 @@ class SessionToken(_Lenient):
     max_age: float = Field(alias="maxAge", gt=0)
 
 
-class BulkResult(_Lenient):
-    """One record's outcome in a /bulk answer."""
+class ResultsData(_Lenient):
+    """`data` of an answer with per-record results; each result is read on its own."""
 
-    success: bool
+    results: list[t.Any] = []
+
+
+class BulkResult(_Lenient):
+    """One record's outcome in a /bulk answer; only the JSON literal true is a success."""
+
+    success: t.Any = None
     id: str | None = None
     lookup_key: str | None = Field(default=None, alias="lookupKey")
-    error: str | None = None
-    updated: bool = False
-
-
-class BulkData(_Lenient):
-    """`data` of a /bulk answer."""
-
-    results: list[BulkResult] = []
+    error: t.Any = None
+    updated: t.Any = False
 
 
 class UpsertData(_Lenient):
     """`data` of an /upsert answer."""
 
+    success: t.Any = None
     id: str | None = None
-    updated: bool = False
+    error: t.Any = None
+    updated: t.Any = False
 
 
 class IngestionResult(_Lenient):
     """One record's outcome in an answer of the unified records endpoint."""
 
-    status: str
+    status: t.Any = None
     entity_id: str | None = Field(default=None, alias="entityId")
     lookup_key: str | None = Field(default=None, alias="lookupKey")
-    error: str | None = None
-
-
-class IngestionData(_Lenient):
-    """`data` of an answer of the unified records endpoint."""
-
-    results: list[IngestionResult] = []
+    error: t.Any = None

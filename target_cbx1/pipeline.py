@@ -1,4 +1,4 @@
-"""A stream's requests in flight: up to `size` at once, never two with the same lookup key."""
+"""A stream's requests in flight: up to `size` at once, never two with the same lookup key in the run."""
 
 from __future__ import annotations
 
@@ -13,23 +13,36 @@ Work = t.Callable[[], None]
 CLOSE_WAIT_SECONDS = 5.0  # how long close() waits for each idle thread to end
 
 
+class KeysInFlight:
+    """The lookup keys of every request in flight in the run, shared by all the pools, so that two
+    streams writing the same CBX1 objects (contacts and leads) never have one key in flight twice.
+    `changed` is the one condition every pool waits on.
+    """
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.keys: set[str] = set()
+
+
 class RequestPool:
     """Runs requests on up to `size` daemon threads while the caller goes on reading input.
 
     Threads start as requests need them and end at `close()`, so a pool never holds more than
     `size` threads and a finished stream holds none.
 
-    A request waits until fewer than `size` are in flight and none of them holds one of its lookup
-    keys, so the upserts of one key stay in input order. An error that must stop the run (an outage,
+    A request waits until fewer than `size` are in flight and no request of the run holds one of its
+    lookup keys, so the upserts of one key stay in input order. An error that must stop the run (an outage,
     refused credentials, a signal) is raised again in the caller's thread at its next call.
     """
 
-    def __init__(self, size: int, name: str, stop_signal: t.Callable[[], str | None]) -> None:
+    def __init__(
+        self, size: int, name: str, stop_signal: t.Callable[[], str | None], in_flight: KeysInFlight
+    ) -> None:
         self.size = size
         self.name = name
         self._stop_signal = stop_signal
-        self._changed = threading.Condition()
-        self._keys_in_flight: set[str] = set()
+        self._changed = in_flight.changed
+        self._keys_in_flight = in_flight.keys
         self._running = 0
         self._error: BaseException | None = None
         self._jobs: queue.SimpleQueue[tuple[frozenset[str], Work | None]] = queue.SimpleQueue()

@@ -79,6 +79,12 @@ class LookupRule:
                 f"{self.field} is required: the record has no {self.field}, which is the lookup "
                 "key CBX1 upserts by, so it was not sent"
             )
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise RecordRejectedError(
+                f"{self.field} must be text (or a whole number), not {type(value).__name__} {shown}, "
+                "so it was not sent"
+            )
         if not self.checked or self.kind == "text":
             return self.normalise(value)
         if not isinstance(value, str):
@@ -95,17 +101,27 @@ class LookupRule:
         return key
 
 
+def stream_kind(stream: str) -> t.Literal["account", "contact"] | None:
+    """What a stream's name says it holds, in any case: account/company streams, contact/lead/person
+    streams, or neither. Account hints are checked first.
+    """
+    name = stream.lower()
+    if any(hint in name for hint in ACCOUNT_STREAM_HINTS):
+        return "account"
+    if any(hint in name for hint in CONTACT_STREAM_HINTS):
+        return "contact"
+    return None
+
+
 def lookup_rule_for(
     stream: str, key_properties: t.Sequence[str], overrides: t.Mapping[str, str]
 ) -> LookupRule | None:
     """lookup_fields[stream], else domain/email by stream name, else the single key property."""
     if stream in overrides:
         return LookupRule.named(overrides[stream])
-    name = stream.lower()
-    if any(hint in name for hint in ACCOUNT_STREAM_HINTS):
-        return LookupRule.named("domain")
-    if any(hint in name for hint in CONTACT_STREAM_HINTS):
-        return LookupRule.named("email")
+    kind = stream_kind(stream)
+    if kind is not None:
+        return LookupRule.named("domain" if kind == "account" else "email")
     if len(key_properties) == 1:
         return LookupRule.named(key_properties[0])
     return None

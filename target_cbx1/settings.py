@@ -23,7 +23,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 # HotGlue writes these keys into the job's config; each is accepted beside our own name.
 HOTGLUE_ALIASES = {"access_key": "Code", "org_id": "OrgId", "access_token": "AccessToken"}
-ObjectType = t.Literal["ACCOUNT", "CONTACT"]
+OBJECT_TYPES = ("ACCOUNT", "CONTACT")
 
 
 def setting(
@@ -99,11 +99,11 @@ class Settings(BaseModel):
         "none (no `source`, or for flat records no `crmSystem`). Default: the environment variable "
         "CONNECTOR_ID, which HotGlue sets. Upper-cased in the URL path.",
     )
-    object_types: dict[str, ObjectType] = setting(
+    object_types: dict[str, str] = setting(
         {},
-        description="CBX1 object type (ACCOUNT or CONTACT) per stream for the records endpoint, e.g. "
-        '{"people": "CONTACT"}. Default: ACCOUNT for streams whose name contains account or compan, '
-        "CONTACT for contact, lead or person, in any case.",
+        description="CBX1 object type (ACCOUNT or CONTACT, in any case) per stream for the records "
+        'endpoint, e.g. {"people": "CONTACT"}. Default: ACCOUNT for streams whose name contains account '
+        "or compan, CONTACT for contact, lead or person, in any case.",
     )
     process_as_batch: bool = setting(
         True,
@@ -246,6 +246,16 @@ class Settings(BaseModel):
         if value is not None and not PLAIN_WORD.fullmatch(value):
             raise ValueError("must be one word of letters, digits, _ or -, such as HUBSPOT")
         return value
+
+    @field_validator("object_types")
+    @classmethod
+    def _object_types_known(cls, value: dict[str, str]) -> dict[str, str]:
+        upper = {stream: kind.upper() for stream, kind in value.items()}
+        unknown = sorted(stream for stream, kind in upper.items() if kind not in OBJECT_TYPES)
+        if unknown:
+            shown = ", ".join(f"{stream!r}: {value[stream]!r}" for stream in unknown)
+            raise ValueError(f"must map each stream to ACCOUNT or CONTACT, not {shown}")
+        return upper
 
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import time
 import typing as t
+from dataclasses import dataclass
 from functools import partial
 
 from singer_sdk import sinks as sdk_sinks
 
-from target_cbx1 import jsonio
 from target_cbx1.client import ApiSink, Pending
 from target_cbx1.contracts.base import Outcome
 from target_cbx1.errors import ApiOutageError, RejectedError, RequestFailedError
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
+
+
+@dataclass
+class _Chunk:
+    """A chunk being filled: its records and the bytes of its body so far."""
+
+    records: list[Pending]
+    size: int
 
 
 class BatchSink(ApiSink, sdk_sinks.BatchSink):
@@ -39,34 +47,51 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         self._queue.append(pending)
 
     def process_batch(self, context: dict) -> None:
-        """Hand everything queued to the request pool, chunk by chunk in input order."""
+        """Orchestrate the batch: cut what is queued into chunks and hand each to the request pool,
+        where `process_chunk` posts it (make_batch_request), reads CBX1's answer
+        (handle_batch_response) and records each record's state (update_state). The pool runs up to
+        max_concurrency chunks at once while the target reads on.
+        """
         queue, self._queue = self._queue, []
         for chunk in self.chunks(queue):
-            self.dispatch(chunk, partial(self._write_chunk, chunk))
+            self.dispatch(chunk, partial(self.process_chunk, chunk))
 
     def chunks(self, queue: list[Pending]) -> Iterator[list[Pending]]:
-        """Input-order chunks of at most batch_size records, each for one path, with no lookup key
-        twice, and within max_request_bytes when it is set.
+        """Chunks of at most batch_size records, each for one path (one source and object type),
+        with no lookup key twice, and within max_request_bytes when it is set.
+
+        One chunk is open per path, so interleaved sources still fill their chunks. A record whose
+        lookup key waits in an open chunk closes that chunk first: the upserts of a key leave in
+        input order.
         """
         limit = self.settings.max_request_bytes
-        empty = len(jsonio.encode(self.contract.batch_body([]))) if limit is not None and queue else 0
-        chunk: list[Pending] = []
-        keys: set[str] = set()
-        size = empty  # the chunk's body: the empty body, each record, a comma between two
+        empty = self.wrapping_bytes if limit is not None and queue else 0  # the body without records
+        open_chunks: dict[str, _Chunk] = {}
+        holder: dict[str, str] = {}  # lookup key -> path of the open chunk holding it
+
+        def close(path: str) -> list[Pending]:
+            closed = open_chunks.pop(path).records
+            for pending in closed:
+                del holder[pending.key]
+            return closed
+
         for pending in queue:
-            if chunk and (
-                len(chunk) == self.max_size
-                or pending.key in keys
-                or pending.path != chunk[0].path
-                or (limit is not None and size + 1 + pending.size > limit)
+            if pending.key in holder:
+                yield close(holder[pending.key])
+            chunk = open_chunks.get(pending.path)
+            if chunk is not None and (
+                len(chunk.records) == self.max_size
+                or (limit is not None and chunk.size + 1 + pending.size > limit)
             ):
-                yield chunk
-                chunk, keys, size = [], set(), empty
-            size += pending.size + (1 if chunk else 0)
-            chunk.append(pending)
-            keys.add(pending.key)
-        if chunk:
-            yield chunk
+                yield close(pending.path)
+                chunk = None
+            if chunk is None:
+                chunk = open_chunks[pending.path] = _Chunk([], empty - 1)
+            chunk.records.append(pending)
+            chunk.size += 1 + pending.size  # a comma before each record but the first
+            holder[pending.key] = pending.path
+        for path in list(open_chunks):
+            yield close(path)
 
     def make_batch_request(self, records: list[dict]) -> dict:
         """POST one chunk of prepared records through the stream's contract; CBX1's whole answer.
@@ -93,7 +118,7 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         ]
         return {"state_updates": states}
 
-    def _write_chunk(self, chunk: list[Pending]) -> None:
+    def process_chunk(self, chunk: list[Pending]) -> None:
         """One chunk's request: make_batch_request, handle_batch_response, update_state per record."""
         records = [pending.payload for pending in chunk]
         path = chunk[0].path

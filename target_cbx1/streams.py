@@ -9,8 +9,6 @@ import typing as t
 from target_cbx1.contracts.bulk import BulkContract
 from target_cbx1.contracts.ingestion import IngestionContract
 from target_cbx1.records import (
-    ACCOUNT_STREAM_HINTS,
-    CONTACT_STREAM_HINTS,
     LookupKind,
     LookupRule,
     PayloadOptions,
@@ -20,6 +18,7 @@ from target_cbx1.records import (
     build_payload,
     external_id_of,
     lookup_rule_for,
+    stream_kind,
     wrap_flat,
 )
 
@@ -45,12 +44,8 @@ def object_type_for(stream: str, overrides: Mapping[str, str]) -> str | None:
     """object_types[stream], else ACCOUNT for account/company streams and CONTACT for contact/lead/person."""
     if stream in overrides:
         return overrides[stream]
-    name = stream.lower()
-    if any(hint in name for hint in ACCOUNT_STREAM_HINTS):
-        return "ACCOUNT"
-    if any(hint in name for hint in CONTACT_STREAM_HINTS):
-        return "CONTACT"
-    return None
+    kind = stream_kind(stream)
+    return kind.upper() if kind is not None else None
 
 
 class StreamRoute:
@@ -117,7 +112,7 @@ class StreamRoute:
         what = shown.get(self.shape, "envelope records")
         if isinstance(self._contract, IngestionContract):
             return f"{what} to integrations/{{SOURCE}}/{self._contract.object_type}/records"
-        return f"{what} to {self.stream}/bulk" + (" and /upsert" if self.shape == "flat" else "")
+        return f"{what} to {self.stream}/bulk (one record a request: /upsert)"
 
 
 class StreamRouter:

@@ -223,3 +223,45 @@ def test_a_403_stops_the_run_with_a_permissions_message(api):
         TargetCBX1(config=make_config()).listen(stdin_of(MESSAGES))
 
     assert "Forbidden for org" in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({"success": False, "error": "email taken"}, "CBX1 rejected the record: email taken"),
+        ({"success": "true", "id": "x"}, "CBX1 rejected the record: (no reason given)"),
+        (None, "without the record's id"),
+        ({}, "returned no id for the record"),
+        ({"id": None}, "returned no id for the record"),
+    ],
+)
+def test_an_upsert_answer_is_a_success_only_with_an_id_and_no_false_flag(api, capsys, data, error):
+    api.post(UPSERT, json={"status": {"code": "CM000", "message": "Success"}, "data": data})
+
+    state = run_target(make_config(process_as_batch=False), [schema("accounts"), account(1)], capsys).state
+
+    (entry,) = only_entries(state)
+    assert entry["success"] is False
+    assert error in entry["error"]
+
+
+@pytest.mark.parametrize("flag", ["true", 1, "yes", None])
+def test_a_bulk_success_flag_other_than_true_is_not_a_success(api, capsys, flag):
+    result = {"success": flag, "id": "x", "lookupKey": "company1.com"}
+    api.post(BULK, json={"status": {"code": "CM000"}, "data": {"results": [result]}})
+
+    state = run_target(make_config(), [schema("accounts"), account(1)], capsys).state
+
+    assert only_entries(state)[0]["success"] is False
+
+
+def test_two_bulk_results_for_one_key_that_disagree_fail_the_record(api, capsys):
+    results = [
+        {"success": True, "id": "id-1", "lookupKey": "company1.com"},
+        {"success": False, "id": None, "lookupKey": "Company1.com", "error": "duplicate"},
+    ]
+    api.post(BULK, json={"status": {"code": "CM000"}, "data": {"results": results}})
+
+    state = run_target(make_config(), [schema("accounts"), account(1)], capsys).state
+
+    assert only_entries(state)[0]["error"].startswith("CBX1 returned conflicting results")

@@ -177,7 +177,7 @@ def test_revoked_token_is_refreshed_once_and_the_request_repeated(sandbox, tmp_p
 
     assert result.returncode == 0, result.stderr
     assert len(sandbox.tokens) == 2
-    assert sandbox.exchanges[0].status == 401
+    assert [e.status for e in sandbox.exchanges].count(401) == 1  # requests race: not always the first logged
     assert_matches_sandbox(result.entries("accounts"), sandbox, "accounts")
     assert_no_secrets(result, sandbox)
 

@@ -138,11 +138,17 @@ def test_a_stream_without_object_type_fails_its_records_naming_object_types(api,
     assert data_requests(api) == []
 
 
-def test_object_types_values_must_be_account_or_contact():
-    with pytest.raises(ConfigValidationError) as caught:
+def test_object_types_values_must_be_account_or_contact_in_any_case(api, capsys):
+    with pytest.raises(
+        ConfigValidationError, match="object_types: must map each stream to ACCOUNT or CONTACT"
+    ):
         TargetCBX1(config=make_config(object_types={"people": "PERSON"}))
+    api.post(records_url("HUBSPOT", "ACCOUNT"), json=records_answer())
+    messages = [envelope_schema("orgs"), envelope("orgs", "acme.com", source="HUBSPOT")]
 
-    assert "'PERSON' is not one of ['ACCOUNT', 'CONTACT']" in " ".join(caught.value.errors)
+    state = run_target(make_config(object_types={"orgs": "account"}), messages, capsys).state
+
+    assert entries(state, "orgs")[0]["success"] is True
 
 
 # Outcomes
@@ -358,18 +364,11 @@ def test_one_request_never_mixes_two_sources(api, capsys):
     state = run_target(make_config(max_concurrency=1), messages, capsys).state
 
     bodies = posted(api, "/records")
-    assert [{record["source"] for record in body["records"]} for body in bodies] == [
-        {"HUBSPOT"},
-        {"SALESFORCE"},
-        {"HUBSPOT"},
-        {"SALESFORCE"},
+    assert [[record["lookupKey"] for record in body["records"]] for body in bodies] == [
+        ["company0.com", "company1.com", "company3.com"],
+        ["company2.com", "company4.com", "company5.com"],
     ]
-    assert [r.url for r in data_requests(api)] == [
-        HUBSPOT_ACCOUNTS,
-        SALESFORCE_ACCOUNTS,
-        HUBSPOT_ACCOUNTS,
-        SALESFORCE_ACCOUNTS,
-    ]
+    assert [r.url for r in data_requests(api)] == [HUBSPOT_ACCOUNTS, SALESFORCE_ACCOUNTS]
     assert all(entry["success"] for entry in entries(state, "accounts"))
 
 
@@ -572,3 +571,129 @@ def test_max_request_bytes_counts_the_exact_body_of_the_request_that_carries_the
     assert entries(fits.state, "accounts")[0]["success"] is True
     assert f"its request body would be {exact} bytes" in entries(too_big.state, "accounts")[0]["error"]
     assert [len(r.body) for r in data_requests(api)] == [exact]
+
+
+@pytest.mark.parametrize("odd", [True, {"k": "v"}, 1.5])  # the types the ETL schema allows
+def test_a_lookup_key_that_is_not_text_fails_alone_and_is_never_sent(api, capsys, odd):
+    api.post(HUBSPOT_ACCOUNTS, json=records_answer())
+    messages = [
+        envelope_schema("accounts"),
+        envelope("accounts", "good.com", source="HUBSPOT"),
+        envelope("accounts", odd, source="HUBSPOT"),
+    ]
+
+    good, bad = entries(run_target(make_config(), messages, capsys).state, "accounts")
+
+    assert good["success"] is True
+    assert bad["success"] is False
+    assert bad["error"].startswith("lookupKey must be text")
+    assert [r["lookupKey"] for r in posted(api, "/records")[0]["records"]] == ["good.com"]
+
+
+def test_an_integer_lookup_key_is_sent_as_a_number_and_matched_by_its_digits(api, capsys):
+    answer = {
+        "status": {"code": "CM000"},
+        "data": {"results": [{"status": "SUCCESS", "entityId": "e-1", "lookupKey": 42}]},
+    }
+    api.post(HUBSPOT_CONTACTS, json=answer)
+    messages = [envelope_schema("contacts"), envelope("contacts", 42, source="HUBSPOT")]
+
+    (entry,) = entries(run_target(make_config(), messages, capsys).state, "contacts")
+
+    assert posted(api, "/records")[0]["records"][0]["lookupKey"] == 42
+    assert (entry["success"], entry["id"], entry["lookupKey"]) == (True, "e-1", "42")
+
+
+def test_an_unreadable_result_costs_only_its_own_record(api, capsys):
+    results = [
+        {"status": "SUCCESS", "entityId": "e-good", "lookupKey": "good.com"},
+        {"status": "SUCCESS", "entityId": {"not": "an id"}, "lookupKey": "odd.com"},
+        {
+            "status": "FAILED",
+            "entityId": None,
+            "lookupKey": "bad.com",
+            "error": {"code": 17, "field": "domain"},
+        },
+    ]
+    api.post(HUBSPOT_ACCOUNTS, json={"status": {"code": "CM000"}, "data": {"results": results}})
+    messages = [envelope_schema("accounts")] + [
+        envelope("accounts", key, source="HUBSPOT") for key in ("good.com", "odd.com", "bad.com")
+    ]
+
+    good, odd, bad = entries(run_target(make_config(), messages, capsys).state, "accounts")
+
+    assert (good["success"], good["id"]) == (True, "e-good")
+    assert odd["error"].startswith("no result returned for lookupKey 'odd.com'")
+    assert bad["error"] == 'CBX1 rejected the record: {"code":17,"field":"domain"}'
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        {"status": "FAILED", "entityId": None, "lookupKey": "ACME.com", "error": "Invalid domain"},
+        {"status": "SUCCESS", "entityId": "e-other", "lookupKey": "acme.com"},
+    ],
+)
+def test_two_results_for_one_key_that_disagree_fail_the_record(api, capsys, second):
+    first = {"status": "SUCCESS", "entityId": "e-1", "lookupKey": "acme.com"}
+    api.post(HUBSPOT_ACCOUNTS, json={"status": {"code": "CM000"}, "data": {"results": [first, second]}})
+    messages = [envelope_schema("accounts"), envelope("accounts", "acme.com", source="HUBSPOT")]
+
+    (entry,) = entries(run_target(make_config(process_as_batch=False), messages, capsys).state, "accounts")
+
+    assert entry["success"] is False
+    assert entry["error"].startswith("CBX1 returned conflicting results for lookupKey 'acme.com'")
+
+
+def test_a_lone_result_without_a_lookup_key_belongs_to_the_one_record_sent(api, capsys):
+    result = {"status": "FAILED", "entityId": None, "lookupKey": None, "error": "lookupKey is required"}
+    api.post(HUBSPOT_ACCOUNTS, json={"status": {"code": "CM000"}, "data": {"results": [result]}})
+    messages = [envelope_schema("accounts"), envelope("accounts", "acme.com", source="HUBSPOT")]
+
+    (entry,) = entries(run_target(make_config(), messages, capsys).state, "accounts")
+
+    assert entry["error"] == "CBX1 rejected the record: lookupKey is required"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Unknown source 'foo': this API ingests HUBSPOT",
+        "Invalid source in path",
+        "Unsupported objectType: account",
+    ],
+)
+def test_a_400_about_the_source_or_object_type_in_any_wording_is_not_isolated(api, capsys, message):
+    api.post(HUBSPOT_ACCOUNTS, status_code=400, json={"status": {"code": "CM400", "message": message}})
+    messages = [envelope_schema("accounts")] + [
+        envelope("accounts", f"company{n}.com", source="HUBSPOT") for n in range(5)
+    ]
+
+    state = run_target(make_config(), messages, capsys).state
+
+    assert len(data_requests(api)) == 1
+    assert all(message in entry["error"] for entry in entries(state, "accounts"))
+
+
+def test_interleaved_sources_share_no_request_yet_are_not_sent_one_by_one_and_keep_key_order(api, capsys):
+    api.post(HUBSPOT_ACCOUNTS, json=records_answer())
+    api.post(SALESFORCE_ACCOUNTS, json=records_answer())
+    messages = [envelope_schema("accounts")]
+    for n in range(20):
+        messages.append(envelope("accounts", f"company{n}.com", {"n": n}, source="HUBSPOT"))
+        messages.append(envelope("accounts", f"other{n}.com", {"n": n}, source="SALESFORCE"))
+    messages.append(envelope("accounts", "company3.com", {"n": "later"}, source="SALESFORCE"))
+
+    state = run_target(make_config(max_concurrency=1), messages, capsys).state
+
+    requests = [(r.url, {record["source"] for record in r.json()["records"]}) for r in data_requests(api)]
+    assert len(requests) == 5  # each queue of 20 goes out as one chunk per source, not 20 requests
+    assert all(sources == {url.split("/")[-3]} for url, sources in requests)
+    company3 = [
+        record["data"]["n"]
+        for body in posted(api, "/records")
+        for record in body["records"]
+        if record["lookupKey"] == "company3.com"
+    ]
+    assert company3 == [3, "later"]
+    assert all(entry["success"] for entry in entries(state, "accounts"))

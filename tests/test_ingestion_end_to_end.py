@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from target_cbx1.sandbox import Sandbox
-from tests.conftest import ENVELOPE_SCHEMA, lines_of, sandbox_config
+from tests.conftest import ACCESS_KEY, ENVELOPE_SCHEMA, ORG_ID, lines_of, sandbox_config
 from tests.test_end_to_end import assert_no_secrets, run_command
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "envelopes"
@@ -190,3 +190,31 @@ def test_singer_mode_forwards_the_taps_state_once_its_envelopes_are_written(sand
     assert [json.loads(line) for line in result.stdout.splitlines()] == [bookmark["value"]]
     results = json.loads((tmp_path / "results.json").read_text())
     assert_landed(results, messages, sandbox)
+
+
+def test_contacts_and_leads_never_have_one_email_in_flight_at_once(tmp_path):
+    shared = "ann@acme.example.com"
+    messages = [
+        {"type": "SCHEMA", "stream": stream, "schema": ENVELOPE_SCHEMA, "key_properties": []}
+        for stream in ("contacts", "leads")
+    ]
+    messages += [
+        {
+            "type": "RECORD",
+            "stream": "contacts",
+            "record": {"data": {"v": 1}, "source": "MARKETO", "lookupKey": shared},
+        },
+        {
+            "type": "RECORD",
+            "stream": "leads",
+            "record": {"data": {"v": 2}, "source": "MARKETO", "lookupKey": shared},
+        },
+    ]
+    with Sandbox(access_key=ACCESS_KEY, org_id=ORG_ID, latency_ms=300) as sandbox:
+        result = run_command(sandbox_config(sandbox), tmp_path, lines_of(messages))
+
+        assert result.returncode == 0, result.stderr
+        first, second = sorted(sandbox.exchanges, key=lambda exchange: exchange.received_at)
+        assert first.answered_at is not None
+        assert second.received_at >= first.answered_at
+        assert sandbox.entities("CONTACT")[shared].data == {"v": 2}  # the later record, written last

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
 
+from target_cbx1 import jsonio
 from target_cbx1.errors import RequestFailedError
+from target_cbx1.models import ResultsData
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -47,8 +49,9 @@ class Contract(abc.ABC):
     A contract sends nothing itself; `normalise` gives the form lookup keys are compared in.
     """
 
-    def __init__(self, normalise: Normaliser) -> None:
+    def __init__(self, normalise: Normaliser, scope: str) -> None:
         self.normalise = normalise
+        self.scope = scope  # the CBX1 objects its lookup keys name: one key is never in flight twice in it
 
     @abc.abstractmethod
     def batch_path(self, payload: Payload) -> str:
@@ -82,12 +85,22 @@ class Contract(abc.ABC):
     def match_by_key(self, keys: Sequence[str], results: Iterable[tuple[object, Outcome]]) -> list[Outcome]:
         """The outcome of each sent key, found by normalised lookupKey and never by position.
 
-        A sent key without a result fails; results for keys that were not sent are logged.
+        A sent key without a result fails, and so does one with two results that disagree. In a
+        request of one record, a lone result without a lookupKey is that record's. Results for keys
+        that were not sent are logged.
         """
+        results = list(results)
+        if len(keys) == 1 and len(results) == 1 and results[0][0] is None:
+            return [results[0][1]]
         by_key: dict[str, Outcome] = {}
         for lookup_key, outcome in results:
-            if lookup_key is not None:
-                by_key[self.normalise(lookup_key)] = outcome
+            if lookup_key is None:
+                continue
+            key = self.normalise(lookup_key)
+            earlier = by_key.get(key)
+            by_key[key] = (
+                outcome if earlier is None or earlier == outcome else conflicting(key, earlier, outcome)
+            )
         outcomes = [by_key.pop(key) if key in by_key else no_result(key) for key in keys]
         if by_key:
             logger.warning("CBX1 returned results for keys not sent: %s", sorted(by_key))
@@ -102,9 +115,52 @@ def no_result(key: str) -> Outcome:
     )
 
 
+def conflicting(key: str, first: Outcome, second: Outcome) -> Outcome:
+    """Two results for one key that disagree: neither can be believed, so the record fails."""
+    if not first.success and first.error and first.error.startswith("CBX1 returned conflicting results"):
+        return first
+    return Outcome(
+        success=False,
+        error=f"CBX1 returned conflicting results for lookupKey {key!r} ({describe(first)} and "
+        f"{describe(second)}), so the record is not counted as written",
+    )
+
+
+def describe(outcome: Outcome) -> str:
+    if outcome.success:
+        return f"written as {outcome.id}" if outcome.id else "written without an id"
+    return f"failed: {outcome.error}"
+
+
+def reason(error: object) -> str:
+    """CBX1's per-record error as readable text, whatever its JSON type."""
+    if isinstance(error, str) and error.strip():
+        return error.strip()
+    if error is None or error == "":
+        return "(no reason given)"
+    text = jsonio.encode_text(error)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def read_data(model: type[DataModel], path: str, data: t.Any) -> DataModel:
     """An answer's `data` read as `model`; RequestFailedError (every record fails) when it does not fit."""
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError:
         raise RequestFailedError(f"CBX1 answered {path} without a readable data object") from None
+
+
+def read_results(model: type[DataModel], path: str, data: t.Any) -> list[DataModel]:
+    """Each result of an answer's `data.results` read as `model`. A result that cannot be read is
+    logged and left out, so only its own record ends without a result.
+    """
+    readable = []
+    for result in read_data(ResultsData, path, data).results:
+        try:
+            readable.append(model.model_validate(result))
+        except ValidationError:
+            text = jsonio.encode_text(result)
+            logger.warning(
+                "%s: CBX1 sent a result that cannot be read, so it is left out: %s", path, text[:200]
+            )
+    return readable

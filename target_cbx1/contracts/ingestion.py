@@ -5,15 +5,13 @@ from __future__ import annotations
 import re
 import typing as t
 
-from target_cbx1.contracts.base import Contract, Normaliser, Outcome, Payload, read_data
-from target_cbx1.models import IngestionData, IngestionResult
+from target_cbx1.contracts.base import Contract, Normaliser, Outcome, Payload, read_results, reason
+from target_cbx1.models import IngestionResult
 
 if t.TYPE_CHECKING:
     from collections.abc import Sequence
 
     from target_cbx1.errors import RejectedError
-
-OBJECT_TYPES = ("ACCOUNT", "CONTACT")
 
 
 def records_path(source: str, object_type: str) -> str:
@@ -30,7 +28,7 @@ class IngestionContract(Contract):
     """
 
     def __init__(self, object_type: str, normalise: Normaliser) -> None:
-        super().__init__(normalise)
+        super().__init__(normalise, scope=f"integrations/{object_type}")
         self.object_type = object_type
 
     def batch_path(self, payload: Payload) -> str:
@@ -40,31 +38,32 @@ class IngestionContract(Contract):
         return {"records": list(payloads)}
 
     def batch_outcomes(self, path: str, data: t.Any, keys: Sequence[str]) -> list[Outcome]:
-        results = read_data(IngestionData, path, data).results
+        results = read_results(IngestionResult, path, data)
         return self.match_by_key(keys, ((result.lookup_key, outcome_of(result)) for result in results))
 
     def isolates(self, path: str, error: RejectedError, keys: Sequence[str]) -> bool:
-        """Not when CBX1's message names the request's SOURCE or object type rather than a record:
-        each record sent alone would be refused the same way.
+        """Not when CBX1's message is about the request's SOURCE or object type rather than a record
+        (it names neither a key of the chunk nor a record, but the source, the object type, or
+        either word): each record sent alone would be refused the same way.
         """
         if not super().isolates(path, error, keys):
             return False
-        message = error.server_message
-        if any(key and key in message.lower() for key in keys):
+        message = error.server_message.lower()
+        if any(key and key.lower() in message for key in keys):
             return True
         source = path.rsplit("/", 3)[1]  # .../{SOURCE}/{OBJECT_TYPE}/records
-        return not any(re.search(rf"\b{re.escape(word)}\b", message) for word in (source, self.object_type))
+        words = (re.escape(source.lower()), re.escape(self.object_type.lower()), "source", r"object ?type")
+        return not any(re.search(rf"\b{word}\b", message) for word in words)
 
 
 def outcome_of(result: IngestionResult) -> Outcome:
     """SUCCESS: written; SKIPPED: already there (a success, counted as existing); anything else fails."""
-    status = result.status.upper()
-    if status == "SUCCESS":
+    if result.status == "SUCCESS":
         return Outcome(True, result.entity_id)
-    if status == "SKIPPED":
+    if result.status == "SKIPPED":
         return Outcome(True, result.entity_id, existing=True)
-    if status == "FAILED":
-        return Outcome(False, error=f"CBX1 rejected the record: {result.error or '(no reason given)'}")
+    if result.status == "FAILED":
+        return Outcome(False, error=f"CBX1 rejected the record: {reason(result.error)}")
     return Outcome(
         False,
         error=f"CBX1 answered status {result.status!r} for the record, which is not SUCCESS, SKIPPED "

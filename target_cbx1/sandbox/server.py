@@ -307,19 +307,28 @@ class Sandbox:
 
     def _upsert_all(self, stream: str, records: list[t.Any], fault: Fault | None) -> Answer:
         results = [self.store.upsert(stream, record).as_result() for record in records]
-        return self._summary(results, fault, lambda result: bool(result["success"]))
+        return self._summary(
+            results, fault, lambda result: bool(result["success"]), lambda result: not result["success"]
+        )
 
     def _ingest_all(
         self, source: str, object_type: str, records: list[dict[str, t.Any]], fault: Fault | None
     ) -> Answer:
         results = [self.entity_store.ingest(source, object_type, record) for record in records]
-        return self._summary(results, fault, lambda result: result["status"] != "FAILED")
+        # As CBX1 counts them: a SKIPPED record is neither successful (nothing written) nor failed.
+        return self._summary(
+            results,
+            fault,
+            lambda result: result["status"] == "SUCCESS",
+            lambda result: result["status"] == "FAILED",
+        )
 
     def _summary(
         self,
         results: list[dict[str, t.Any]],
         fault: Fault | None,
         succeeded: t.Callable[[dict[str, t.Any]], bool],
+        failed: t.Callable[[dict[str, t.Any]], bool],
     ) -> Answer:
         """The 200 answer to a batch: its results shuffled, less those an omit fault drops, and the counts."""
         total = len(results)
@@ -327,11 +336,10 @@ class Sandbox:
             self._random.shuffle(results)
         if fault is not None and fault.kind == "omit":
             results = results[int(fault.number(1)) :]
-        successful = sum(1 for result in results if succeeded(result))
         data = {
             "totalProcessed": total,
-            "successful": successful,
-            "failed": total - successful,
+            "successful": sum(1 for result in results if succeeded(result)),
+            "failed": sum(1 for result in results if failed(result)) + total - len(results),
             "results": results,
         }
         return envelope(200, "CM000", "Success", data)
