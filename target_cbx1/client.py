@@ -164,6 +164,14 @@ class ApiSink(Sink):
             self.contract.single_body(payloads[0]) if self.sends_alone else self.contract.batch_body(payloads)
         )
 
+    def refuse(self, received: t.Any, error: str) -> None:
+        """A record that cannot be sent as it came (not an object, NaN, nested too deep): it fails."""
+        self.tally_record_read()
+        external_id = self.route.external_id(received) if isinstance(received, dict) else None
+        entry = self.run.ledger.add(self.stream_name, record_hash(received), external_id)
+        if entry is not None and entry.original is None:
+            entry.fail(error)
+
     @abc.abstractmethod
     def enqueue(self, pending: Pending) -> None:
         """Send the record now, or keep it for the next request."""

@@ -74,7 +74,8 @@ class TargetCBX1(Target):
         self._config_path = config_path
         self.session = ApiSession(self.settings, on_new_token=self._write_back_token)
         self._finishing = False
-        t.cast("NumberedLineReader", self.message_reader).before_line = self.session.raise_if_stopping
+        self.reader = t.cast("NumberedLineReader", self.message_reader)
+        self.reader.before_line = self.session.raise_if_stopping
         path = None if self.settings.dry_run else state_file_path(self.settings.incremental_state_path)
         self.incremental = IncrementalStateFile(path) if path else None
         results = self.settings.results_path
@@ -118,7 +119,17 @@ class TargetCBX1(Target):
         if stream_name not in self.mapper.stream_maps:
             self._assert_sink_exists(stream_name)
         received = message_dict["record"]
+        problem = self.reader.problem
+        if problem is None and not isinstance(received, dict):
+            problem = (
+                f"line {self.reader.line_number}: the RECORD's record is {type(received).__name__}, "
+                "not an object, so it was not sent"
+            )
         for stream_map in self.mapper.stream_maps[stream_name]:
+            if problem is not None:  # the record cannot be mapped or sent: it fails in every sink
+                self._assert_sink_exists(stream_map.stream_alias)
+                t.cast("ApiSink", self.get_sink(stream_map.stream_alias)).refuse(received, problem)
+                continue
             record = stream_map.transform(copy.copy(received))
             if record is None:
                 continue
@@ -202,6 +213,15 @@ class TargetCBX1(Target):
                 self.logger.warning("Requests still in flight after %.0f s were abandoned", timeout or 0)
                 return
 
+    def send_what_was_read(self) -> None:
+        """After a bad line: the records read before it are still sent, and their answers awaited."""
+        try:
+            for sink in self.api_sinks():
+                self.drain_one(sink)
+        except (FatalAPIError, StopRequested) as exc:
+            self.logger.error("While sending the records read before the bad line: %s", exc)
+        self.settle(None)
+
     def checkpoint(self) -> None:
         """After each request: forward tap STATEs now covered, refresh the incremental file if due."""
         if self.tap_state is not None:
@@ -212,6 +232,13 @@ class TargetCBX1(Target):
     def write_state(self) -> None:
         """The run's output: summary on stderr, state on stdout (HotGlue line or tap STATE), files."""
         self._finishing = True
+        for stream, count in sorted(self.reader.repairs.items()):
+            self.logger.warning(
+                "Stream %r: %d records held bytes that are not UTF-8 or lone surrogates; those characters "
+                "were replaced with U+FFFD and the records sent",
+                stream,
+                count,
+            )
         if self.dry_run is not None:
             self.dry_run.print_summary(self.ledger)
         else:
@@ -298,7 +325,7 @@ class TargetCBX1(Target):
             cls.logger.error("%s", exc)
             sys.exit(1)
         except INPUT_ERRORS as exc:
-            target.settle(None)
+            target.send_what_was_read()
             target.write_state()
             cls.logger.error("%s", exc)
             sys.exit(1)

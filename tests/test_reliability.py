@@ -218,7 +218,7 @@ def test_bad_input_stops_the_run_naming_the_line_after_printing_the_state(
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     entries = result.entries("accounts")
-    assert len(entries) == 20  # the first chunk was written; the 21st record was never sent
+    assert len(entries) == 21  # every record read before the bad line was sent and confirmed
     assert_matches_sandbox(entries, sandbox, "accounts")
 
 

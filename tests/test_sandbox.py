@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+import typing as t
+import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
 from target_cbx1.sandbox import FaultSpecError, Sandbox
+from target_cbx1.sandbox.faults import Fault
 from tests.conftest import ACCESS_KEY, ORG_ID
 
 SANDBOX_COMMAND = str(Path(sys.executable).parent / "cbx1-sandbox")
+BULK_PATH = "/api/t/v1/targets/accounts/bulk"
+RECORDS_PATH = "/api/t/v1/targets/integrations/HUBSPOT/ACCOUNT/records"
+
+
+def wait_until(condition: t.Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 class Client:
@@ -40,13 +52,15 @@ class Client:
         assert answer.status_code == 200, answer.text
         return {result["lookupKey"]: result for result in answer.json()["data"]["results"]}
 
-    def ingest(self, source: str, object_type: str, body: object, timeout: float = 5) -> requests.Response:
+    def ingest(
+        self, source: str, object_type: str, body: object, timeout: float = 5, stream: bool = False
+    ) -> requests.Response:
         """POST to the unified ingestion endpoint; a str body is sent as it is."""
         url = f"{self.url}/api/t/v1/targets/integrations/{source}/{object_type}/records"
         if isinstance(body, str):
             headers = {"Content-Type": "application/json"}
-            return self.session.post(url, data=body.encode(), headers=headers, timeout=timeout)
-        return self.session.post(url, json=body, timeout=timeout)
+            return self.session.post(url, data=body.encode(), headers=headers, timeout=timeout, stream=stream)
+        return self.session.post(url, json=body, timeout=timeout, stream=stream)
 
     def ingest_results(self, source: str, object_type: str, records: list[dict]) -> dict[str | None, dict]:
         answer = self.ingest(source, object_type, {"records": records})
@@ -264,10 +278,280 @@ def test_faults_can_be_scripted_over_http(client, sandbox):
     assert client.post("accounts", "bulk", [{"domain": "acme.com"}]).status_code == 504
 
 
-@pytest.mark.parametrize("spec", ["teapot", "reject", "body=xml", "429=soon", "503*twice"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "teapot",
+        "reject",
+        "body=xml",
+        "429=soon",
+        "503*twice",
+        "redirect=300",
+        "redirect=moved",
+        "trickle=soon",
+        "trickle=-1",
+        "trickle=inf",
+        "conflict=2",
+        "answer",
+        "answer=",
+        "answer=*2",
+        "answer={bad",
+        "answer=[1]*2*3",
+        "answer=NaN",
+        "answer=@nope",
+        "status",
+        "status=101",
+        "status=600",
+        "status=4xx",
+    ],
+)
 def test_bad_fault_specs_are_refused_with_the_reason(spec):
     with pytest.raises(FaultSpecError):
         Sandbox(faults=[spec])
+
+
+@pytest.mark.parametrize(
+    ("spec", "arg", "remaining"),
+    [
+        ('answer={"a":"x=y*2"}', '{"a":"x=y*2"}', 1),
+        ('answer={"a":"x=y*2"}*3', '{"a":"x=y*2"}', 3),
+        ('answer="*2"*always', '"*2"', None),
+        ("answer=2*2", "2", 2),
+        ("answer=@data-null*2", "@data-null", 2),
+    ],
+)
+def test_an_answer_fault_takes_all_after_the_first_equals_sign_but_a_trailing_count(spec, arg, remaining):
+    assert Fault.parse(spec) == Fault("answer", arg, remaining)
+
+
+@pytest.mark.parametrize(
+    ("spec", "status"),
+    [
+        ("redirect", 302),
+        ("redirect=301", 301),
+        ("redirect=302", 302),
+        ("redirect=303", 303),
+        ("redirect=307", 307),
+        ("redirect=308", 308),
+    ],
+)
+def test_redirect_fault_points_to_the_same_path_under_moved_and_stores_nothing(client, sandbox, spec, status):
+    sandbox.add_fault(spec)
+
+    answer = client.session.post(
+        f"{sandbox.url}{BULK_PATH}", json=[{"domain": "acme.com"}], allow_redirects=False, timeout=5
+    )
+
+    assert answer.status_code == status
+    assert answer.headers["Location"] == f"{sandbox.url}/moved{BULK_PATH}"
+    assert answer.content == b""
+    assert "Content-Type" not in answer.headers
+    assert sandbox.records("accounts") == {}
+    assert [(exchange.fault, exchange.status) for exchange in sandbox.exchanges] == [("redirect", status)]
+
+
+def test_a_client_following_a_redirect_fault_finds_no_route_there(client, sandbox):
+    sandbox.add_fault("redirect=307")
+
+    answer = client.ingest("HUBSPOT", "ACCOUNT", {"records": [{"data": {}, "lookupKey": "acme.com"}]})
+
+    assert [earlier.status_code for earlier in answer.history] == [307]
+    assert answer.status_code == 404
+    assert answer.json()["status"]["message"] == f"No route for POST /moved{RECORDS_PATH}"
+    assert sandbox.entities("ACCOUNT") == {}
+    assert [exchange.fault for exchange in sandbox.exchanges] == ["redirect"]  # /moved is no data request
+
+
+def test_trickle_fault_sends_the_real_answer_a_byte_at_a_time(client, sandbox):
+    sandbox.add_fault("trickle=1")
+    started = time.monotonic()
+
+    answer = client.post("accounts", "bulk", [{"domain": "acme.com"}], timeout=0.5)  # 0.5 s per read
+
+    took = time.monotonic() - started
+    assert answer.status_code == 200
+    assert answer.json()["data"]["results"][0]["lookupKey"] == "acme.com"
+    assert answer.elapsed.total_seconds() < 0.5  # the status line and headers came at once
+    assert took >= 1
+    assert "acme.com" in sandbox.records("accounts")
+    wait_until(lambda: sandbox.in_flight == 0)
+    [exchange] = sandbox.exchanges
+    assert (exchange.fault, exchange.status) == ("trickle", 200)
+    assert exchange.answered_at is not None
+    assert exchange.answered_at - exchange.received_at >= 1  # answered when the last byte went out
+
+
+def test_a_client_giving_up_on_a_trickle_is_let_go_quietly(client, sandbox, capfd):
+    sandbox.add_fault("trickle=5")
+
+    answer = client.ingest(
+        "HUBSPOT", "ACCOUNT", {"records": [{"data": {}, "lookupKey": "acme.com"}]}, stream=True
+    )
+    assert answer.status_code == 200
+    answer.close()
+    wait_until(lambda: sandbox.in_flight == 0)
+
+    [exchange] = sandbox.exchanges
+    assert exchange.answered_at is not None
+    assert exchange.answered_at - exchange.received_at < 4  # the sandbox stopped trickling
+    assert "acme.com" in sandbox.entities("ACCOUNT")  # it was the real answer: the write happened
+    assert client.post("accounts", "bulk", [{"domain": "acme.com"}]).status_code == 200
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_conflict_fault_answers_the_first_bulk_result_twice_with_opposite_outcomes(client, sandbox):
+    sandbox.add_fault("conflict*3")
+    records = [{"domain": f"c{n}.com"} for n in range(4)]
+
+    batch = client.post("accounts", "bulk", records).json()["data"]
+    good = client.post("accounts", "bulk", [{"domain": "acme.com"}]).json()["data"]
+    bad = client.post("accounts", "bulk", [{"domain": "not a domain"}]).json()["data"]
+
+    first, twin, *rest = batch["results"]
+    assert twin == {
+        "success": False,
+        "id": None,
+        "lookupKey": first["lookupKey"],
+        "error": "Duplicate record",
+    }
+    assert sorted(result["lookupKey"] for result in [first, *rest]) == [
+        "c0.com",
+        "c1.com",
+        "c2.com",
+        "c3.com",
+    ]
+    assert (batch["totalProcessed"], batch["successful"], batch["failed"]) == (4, 4, 0)  # what was written
+    acme = sandbox.records("accounts")["acme.com"].id
+    assert good["results"] == [
+        {"success": True, "id": acme, "lookupKey": "acme.com"},
+        {"success": False, "id": None, "lookupKey": "acme.com", "error": "Duplicate record"},
+    ]
+    real, flipped = bad["results"]
+    assert real["error"] == "Invalid domain"
+    assert flipped == {"success": True, "id": flipped["id"], "lookupKey": "not a domain"}
+    assert uuid.UUID(flipped["id"])
+    assert (bad["successful"], bad["failed"]) == (0, 1)
+    assert sorted(sandbox.records("accounts")) == ["acme.com", "c0.com", "c1.com", "c2.com", "c3.com"]
+    assert [exchange.fault for exchange in sandbox.exchanges] == ["conflict"] * 3
+
+
+def test_conflict_fault_flips_records_results_and_leaves_upsert_alone(client, sandbox):
+    sandbox.add_fault("conflict*4")
+    record = {"data": {"name": "Acme"}, "lookupKey": "acme.com"}
+
+    success = client.ingest("HUBSPOT", "ACCOUNT", {"records": [record]}).json()["data"]
+    skipped = client.ingest("HUBSPOT", "ACCOUNT", {"records": [record]}).json()["data"]
+    failed = client.ingest("HUBSPOT", "ACCOUNT", {"records": [{"data": {}, "lookupKey": "bad"}]}).json()[
+        "data"
+    ]
+    upsert = client.post("accounts", "upsert", {"domain": "acme.com"})
+
+    entity = sandbox.entities("ACCOUNT")["acme.com"].id
+    duplicate = {"status": "FAILED", "entityId": None, "lookupKey": "acme.com", "error": "Duplicate record"}
+    assert success["results"] == [
+        {"status": "SUCCESS", "entityId": entity, "lookupKey": "acme.com"},
+        duplicate,
+    ]
+    assert skipped["results"] == [
+        {"status": "SKIPPED", "entityId": entity, "lookupKey": "acme.com"},
+        duplicate,
+    ]
+    assert (skipped["successful"], skipped["failed"]) == (0, 0)
+    real, flipped = failed["results"]
+    assert real["error"] == "Invalid domain: bad"
+    assert flipped == {"status": "SUCCESS", "entityId": flipped["entityId"], "lookupKey": "bad"}
+    assert flipped["entityId"] != entity
+    assert uuid.UUID(flipped["entityId"])
+    assert list(sandbox.entities("ACCOUNT")) == ["acme.com"]
+    assert upsert.status_code == 200
+    assert upsert.json() == {
+        "status": {"code": "CM000", "message": "Success"},
+        "data": {"id": sandbox.records("accounts")["acme.com"].id, "lookupKey": "acme.com"},
+    }
+    assert [exchange.fault for exchange in sandbox.exchanges] == ["conflict"] * 4
+
+
+def test_answer_fault_sends_exactly_its_json_text_and_stores_nothing(client, sandbox):
+    text = '{"status":{"code":"CM000"},"data":{"note": "a=b*2"}}'
+    sandbox.add_fault(f"answer={text}*2")
+
+    bulk = client.post("accounts", "bulk", [{"domain": "acme.com"}])
+    ingested = client.ingest("HUBSPOT", "ACCOUNT", {"records": [{"data": {}, "lookupKey": "acme.com"}]})
+    passed = client.post("accounts", "upsert", {"domain": "acme.com"})
+
+    assert [(answer.status_code, answer.text) for answer in (bulk, ingested)] == [(200, text)] * 2
+    assert bulk.headers["Content-Type"] == "application/json"
+    assert passed.json()["data"]["lookupKey"] == "acme.com"
+    assert sandbox.entities("ACCOUNT") == {}
+    assert list(sandbox.records("accounts")) == ["acme.com"]  # only the request after the fault
+    assert [exchange.fault for exchange in sandbox.exchanges] == ["answer", "answer", None]
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        (
+            "upsert-false",
+            '{"status":{"code":"CM000","message":"Success"},'
+            '"data":{"success":false,"error":"Rejected by rule"}}',
+        ),
+        ("data-null", '{"status":{"code":"CM000","message":"Success"},"data":null}'),
+        ("no-data", '{"status":{"code":"CM000","message":"Success"}}'),
+    ],
+)
+def test_answer_fault_can_name_a_canned_body(client, sandbox, name, body):
+    added = requests.post(f"{sandbox.url}/_sandbox/faults", json=[f"answer=@{name}"], timeout=5)
+
+    answer = client.post("contacts", "upsert", {"email": "ann@acme.com"})
+
+    assert added.status_code == 200
+    assert (answer.status_code, answer.text) == (200, body)
+    assert sandbox.records("contacts") == {}
+    assert [exchange.fault for exchange in sandbox.exchanges] == ["answer"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "status", "message"),
+    [
+        ("status=409", 409, "Scripted 409"),
+        ("status=404", 404, f"No route for POST {BULK_PATH}"),
+        ("status=405", 405, "Method not allowed"),
+        ("status=200", 200, "Scripted 200"),
+        ("status=599", 599, "Scripted 599"),
+    ],
+)
+def test_status_fault_answers_that_status_with_a_scripted_envelope(client, sandbox, spec, status, message):
+    sandbox.add_fault(spec)
+
+    answer = client.post("accounts", "bulk", [{"domain": "acme.com"}])
+
+    assert answer.status_code == status
+    assert answer.json() == {"status": {"code": f"CM{status}", "message": message}}
+    assert sandbox.records("accounts") == {}
+    assert [(exchange.fault, exchange.status) for exchange in sandbox.exchanges] == [("status", status)]
+
+
+def test_status_fault_names_the_records_path_in_a_404_and_stores_nothing(client, sandbox):
+    sandbox.add_fault("status=404")
+
+    answer = client.ingest("HUBSPOT", "ACCOUNT", {"records": [{"data": {}, "lookupKey": "acme.com"}]})
+
+    assert answer.status_code == 404
+    assert answer.json()["status"] == {"code": "CM404", "message": f"No route for POST {RECORDS_PATH}"}
+    assert sandbox.entities("ACCOUNT") == {}
+
+
+def test_status_fault_without_content_keeps_the_connection_usable(client, sandbox):
+    for spec in ("status=204", "status=205", "status=304"):
+        sandbox.add_fault(spec)
+
+    empty = [client.post("accounts", "bulk", [{"domain": "acme.com"}]) for _ in range(3)]
+    after = client.post("accounts", "bulk", [{"domain": "acme.com"}])
+
+    assert [(answer.status_code, answer.content) for answer in empty] == [(204, b""), (205, b""), (304, b"")]
+    assert "Content-Length" not in empty[0].headers
+    assert after.status_code == 200
+    assert [exchange.fault for exchange in sandbox.exchanges] == ["status", "status", "status", None]
 
 
 def test_latency_delays_every_answer():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -10,11 +11,12 @@ import secrets
 import threading
 import time
 import typing as t
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from target_cbx1.sandbox.faults import GATEWAY_STATUSES, Fault, FaultScript, FaultSpecError
+from target_cbx1.sandbox.faults import GATEWAY_STATUSES, WRITING_KINDS, Fault, FaultScript, FaultSpecError
 from target_cbx1.sandbox.ingestion import (
     DEFAULT_SOURCES,
     EntityStore,
@@ -37,18 +39,27 @@ BROKEN_BODIES = {
     "empty": "",
     "truncated": '{"status": {"code": "CM000", "message": "Succ',
 }
+BODILESS_STATUSES = (204, 205, 304)  # HTTP gives these no content, so a status fault sends none
+SCRIPTED_MESSAGES = {404: "No route for POST {path}", 405: "Method not allowed"}
+DUPLICATE = "Duplicate record"
 
 logger = logging.getLogger("cbx1-sandbox")
 
 
 @dataclass
 class Answer:
-    """An HTTP answer; a None answer means the connection is dropped instead."""
+    """An HTTP answer; a None answer means the connection is dropped instead.
+
+    With `trickle` seconds the body is sent a byte at a time over that long; whoever sends an answer
+    calls its `sent`, when set, once the body is out or the client has gone.
+    """
 
     status: int
     body: str
     headers: dict[str, str] = field(default_factory=dict)
-    content_type: str = "application/json"
+    content_type: str | None = "application/json"
+    trickle: float = 0
+    sent: t.Callable[[], None] | None = None
 
 
 @dataclass
@@ -157,10 +168,10 @@ class Sandbox:
         if url.path.startswith("/_sandbox/"):
             return self._control(method, url.path, body)
         if method == "POST" and (match := DATA_PATH.match(url.path)):
-            return self._data(match["endpoint"], unquote(match["stream"]), None, headers, body)
+            return self._data(url.path, match["endpoint"], unquote(match["stream"]), None, headers, body)
         if method == "POST" and (match := RECORDS_PATH.match(url.path)):
             object_type, source = unquote(match["object_type"]), unquote(match["source"])
-            return self._data("records", object_type, source, headers, body)
+            return self._data(url.path, "records", object_type, source, headers, body)
         return envelope(404, "CM404", f"No route for {method} {url.path}")
 
     def _delayed(self, answer: Answer) -> Answer:
@@ -192,7 +203,13 @@ class Sandbox:
         return envelope(404, "CM404", f"No sandbox route for {method} {path}")
 
     def _data(
-        self, endpoint: str, stream: str, source: str | None, headers: t.Mapping[str, str], body: bytes
+        self,
+        path: str,
+        endpoint: str,
+        stream: str,
+        source: str | None,
+        headers: t.Mapping[str, str],
+        body: bytes,
     ) -> Answer | None:
         """Answer one data request, with latency, in-flight tracking and its Exchange recorded."""
         received_at = time.monotonic()
@@ -201,9 +218,9 @@ class Sandbox:
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             answer, keys, fault = (
-                self._records_answer(source, stream, headers, body)
+                self._records_answer(path, source, stream, headers, body)
                 if source is not None  # only /records has a SOURCE
-                else self._data_answer(stream, endpoint, headers, body)
+                else self._data_answer(path, stream, endpoint, headers, body)
             )
             status, kind = (answer.status if answer else None), (fault.kind if fault else None)
             exchange = Exchange(endpoint, stream, keys, status, kind, received_at, source=source)
@@ -212,13 +229,26 @@ class Sandbox:
             if fault is not None and fault.kind == "slow":
                 time.sleep(fault.number(5))
             answer = self._delayed(answer) if answer else None
-            exchange.answered_at = time.monotonic()
-            return answer
-        finally:
+        except BaseException:
             with self._lock:
                 self.in_flight -= 1
+            raise
+        if answer is not None and fault is not None and fault.kind == "trickle":
+            # Still in flight while the handler trickles the body out; it calls sent() at the end.
+            answer.trickle, answer.sent = fault.number(5), functools.partial(self._answered, exchange)
+        else:
+            self._answered(exchange)
+        return answer
 
-    def _data_answer(self, stream: str, endpoint: str, headers: t.Mapping[str, str], body: bytes) -> Handled:
+    def _answered(self, exchange: Exchange) -> None:
+        """The answer to an exchange is out (or its client has gone): it is no longer in flight."""
+        exchange.answered_at = time.monotonic()
+        with self._lock:
+            self.in_flight -= 1
+
+    def _data_answer(
+        self, path: str, stream: str, endpoint: str, headers: t.Mapping[str, str], body: bytes
+    ) -> Handled:
         """(answer, lookup keys of the records, the fault applied) for one /bulk or /upsert request."""
         refusal = self._check_session(headers) or self._check_body(stream, endpoint, body)
         if refusal is not None:
@@ -227,13 +257,14 @@ class Sandbox:
         records = payload if endpoint == "bulk" else [payload]
         keys = tuple(self.store.key_of(stream, record) for record in records)
         if endpoint == "bulk":
-            answer, fault = self._with_faults(keys, lambda fault: self._upsert_all(stream, records, fault))
+            write = functools.partial(self._upsert_all, stream, records)
+            answer, fault = self._with_faults(path, keys, write)
         else:
-            answer, fault = self._with_faults(keys, lambda _: self._upsert(stream, payload))
+            answer, fault = self._with_faults(path, keys, lambda _: self._upsert(stream, payload))
         return answer, keys, fault
 
     def _records_answer(
-        self, source: str, object_type: str, headers: t.Mapping[str, str], body: bytes
+        self, path: str, source: str, object_type: str, headers: t.Mapping[str, str], body: bytes
     ) -> Handled:
         """(answer, lookup keys of the records, the fault applied) for one /records request."""
         refusal = self._check_session(headers)
@@ -245,18 +276,17 @@ class Sandbox:
         except IngestionRequestError as error:
             return envelope(400, "CM400", str(error)), (), None
         keys = tuple(self.entity_store.key_of(object_type, record) for record in records)
-        answer, fault = self._with_faults(
-            keys, lambda fault: self._ingest_all(source, object_type, records, fault)
-        )
+        write = functools.partial(self._ingest_all, source, object_type, records)
+        answer, fault = self._with_faults(path, keys, write)
         return answer, keys, fault
 
     def _with_faults(
-        self, keys: tuple[str | None, ...], write: t.Callable[[Fault | None], Answer]
+        self, path: str, keys: tuple[str | None, ...], write: t.Callable[[Fault | None], Answer]
     ) -> tuple[Answer | None, Fault | None]:
         """The fault for a request carrying these keys, and the answer: the fault's, or what write() gives."""
         fault = self.faults.take(keys)
-        answer = self._faulty(fault, keys) if fault else None
-        if answer is None and (fault is None or fault.kind in ("slow", "omit")):
+        answer = self._faulty(fault, path, keys) if fault else None
+        if answer is None and (fault is None or fault.kind in WRITING_KINDS):
             answer = write(fault)
         return answer, fault
 
@@ -286,7 +316,7 @@ class Sandbox:
             return envelope(400, "CM400", "/upsert takes one JSON object")
         return None
 
-    def _faulty(self, fault: Fault, keys: tuple[str | None, ...]) -> Answer | None:
+    def _faulty(self, fault: Fault, path: str, keys: tuple[str | None, ...]) -> Answer | None:
         """The answer a fault replaces the real one with (None for faults that change it otherwise)."""
         if fault.kind == "429":
             seconds = fault.number(1)
@@ -303,12 +333,26 @@ class Sandbox:
             position = keys.index(fault.arg) + 1
             message = f"Validation failed for record {position} (lookupKey '{fault.arg}')"
             return envelope(400, "CM400", message)
-        return None  # slow, omit: the real answer, changed; drop: no answer
+        if fault.kind == "answer":
+            return Answer(200, fault.answer_body())
+        if fault.kind == "status":
+            status = int(fault.arg or 0)
+            if status in BODILESS_STATUSES:
+                return Answer(status, "", content_type=None)
+            message = SCRIPTED_MESSAGES.get(status, "Scripted {status}").format(path=path, status=status)
+            return envelope(status, f"CM{status}", message)
+        if fault.kind == "redirect":
+            return Answer(int(fault.arg or 302), "", {"Location": f"{self.url}/moved{path}"}, None)
+        return None  # slow, trickle, omit, conflict: the real answer, changed; drop: no answer
 
     def _upsert_all(self, stream: str, records: list[t.Any], fault: Fault | None) -> Answer:
         results = [self.store.upsert(stream, record).as_result() for record in records]
         return self._summary(
-            results, fault, lambda result: bool(result["success"]), lambda result: not result["success"]
+            results,
+            fault,
+            lambda result: bool(result["success"]),
+            lambda result: not result["success"],
+            _opposite_upsert,
         )
 
     def _ingest_all(
@@ -321,6 +365,7 @@ class Sandbox:
             fault,
             lambda result: result["status"] == "SUCCESS",
             lambda result: result["status"] == "FAILED",
+            _opposite_ingestion,
         )
 
     def _summary(
@@ -329,8 +374,13 @@ class Sandbox:
         fault: Fault | None,
         succeeded: t.Callable[[dict[str, t.Any]], bool],
         failed: t.Callable[[dict[str, t.Any]], bool],
+        opposite: t.Callable[[dict[str, t.Any]], dict[str, t.Any]],
     ) -> Answer:
-        """The 200 answer to a batch: its results shuffled, less those an omit fault drops, and the counts."""
+        """The 200 answer to a batch: its results shuffled, less those an omit fault drops, and the counts.
+
+        A conflict fault answers the first result twice, the second time with opposite(result); the counts
+        stay those of what was written.
+        """
         total = len(results)
         with self._lock:
             self._random.shuffle(results)
@@ -342,6 +392,8 @@ class Sandbox:
             "failed": sum(1 for result in results if failed(result)) + total - len(results),
             "results": results,
         }
+        if fault is not None and fault.kind == "conflict" and results:
+            data["results"] = [results[0], opposite(results[0]), *results[1:]]
         return envelope(200, "CM000", "Success", data)
 
     def _upsert(self, stream: str, record: dict[str, t.Any]) -> Answer:
@@ -349,6 +401,20 @@ class Sandbox:
         if outcome.error is not None:
             return envelope(400, "CM400", outcome.error)
         return envelope(200, "CM000", "Success", {"id": outcome.id, "lookupKey": outcome.lookup_key})
+
+
+def _opposite_upsert(result: dict[str, t.Any]) -> dict[str, t.Any]:
+    """A /bulk result for the same lookupKey with the other outcome, as a conflict fault adds it."""
+    if result["success"]:
+        return {"success": False, "id": None, "lookupKey": result["lookupKey"], "error": DUPLICATE}
+    return {"success": True, "id": str(uuid.uuid4()), "lookupKey": result["lookupKey"]}
+
+
+def _opposite_ingestion(result: dict[str, t.Any]) -> dict[str, t.Any]:
+    """A /records result for the same lookupKey with the other outcome, as a conflict fault adds it."""
+    if result["status"] in ("SUCCESS", "SKIPPED"):
+        return {"status": "FAILED", "entityId": None, "lookupKey": result["lookupKey"], "error": DUPLICATE}
+    return {"status": "SUCCESS", "entityId": str(uuid.uuid4()), "lookupKey": result["lookupKey"]}
 
 
 class _Server(ThreadingHTTPServer):
@@ -383,14 +449,29 @@ class _Handler(BaseHTTPRequestHandler):
         data = answer.body.encode()
         try:
             self.send_response(answer.status)
-            self.send_header("Content-Type", answer.content_type)
-            self.send_header("Content-Length", str(len(data)))
+            if answer.content_type is not None:
+                self.send_header("Content-Type", answer.content_type)
+            if answer.status not in (204, 304):  # HTTP forbids a Content-Length on these
+                self.send_header("Content-Length", str(len(data)))
             for name, value in answer.headers.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (slow fault)
+            if answer.trickle:
+                self._trickle(data, answer.trickle)
+            else:
+                self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (slow, trickle fault)
             self.close_connection = True
+        finally:
+            if answer.sent is not None:
+                answer.sent()
+
+    def _trickle(self, data: bytes, seconds: float) -> None:
+        """Write data a byte at a time, evenly spread so that the last byte goes out `seconds` from now."""
+        started, pause = time.monotonic(), seconds / max(len(data), 1)
+        for position in range(len(data)):
+            time.sleep(max(0.0, started + (position + 1) * pause - time.monotonic()))
+            self.wfile.write(data[position : position + 1])
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """One DEBUG line per request, without the query string (it carries the access key)."""

@@ -1,0 +1,133 @@
+"""Messy input: what can be repaired is sent, a record that cannot be is failed alone, the job goes on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from target_cbx1.sandbox import Sandbox
+from tests.conftest import ACCOUNT_SCHEMA, lines_of, sandbox_config
+from tests.test_end_to_end import COMMAND, Result, env_with, run_command
+
+SCHEMA = {"type": "SCHEMA", "stream": "accounts", "schema": ACCOUNT_SCHEMA, "key_properties": []}
+
+
+def account_line(number: int, name: str | None = None) -> str:
+    record = {
+        "crmAssociationId": f"A{number}",
+        "name": name or f"Company {number}",
+        "domain": f"c{number}.com",
+    }
+    return json.dumps({"type": "RECORD", "stream": "accounts", "record": record})
+
+
+def run_bytes(sandbox: Sandbox, tmp_path, data: bytes) -> Result:
+    """Run the real command on raw bytes, as a file of them piped into stdin."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(sandbox_config(sandbox)))
+    process = subprocess.run(
+        [COMMAND, "--config", str(config)],
+        input=data,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env=env_with(None),
+    )
+    decoded = subprocess.CompletedProcess(
+        process.args, process.returncode, process.stdout.decode(), process.stderr.decode()
+    )
+    return Result(decoded)
+
+
+def test_a_utf8_bom_before_the_first_line_is_accepted(sandbox, tmp_path):
+    data = b"\xef\xbb\xbf" + (lines_of([SCHEMA]) + account_line(1) + "\n").encode()
+
+    result = run_bytes(sandbox, tmp_path, data)
+
+    assert result.returncode == 0, result.stderr
+    assert result.entries("accounts")[0]["success"] is True
+
+
+def test_bytes_that_are_not_utf8_are_replaced_and_the_record_sent(sandbox, tmp_path):
+    bad = account_line(2, "Caf\udcff").encode("utf-8", "surrogateescape")  # a raw \xff byte
+    data = lines_of([SCHEMA]).encode() + bad + b"\n" + account_line(3).encode() + b"\n"
+
+    result = run_bytes(sandbox, tmp_path, data)
+
+    assert result.returncode == 0, result.stderr
+    assert [e["success"] for e in result.entries("accounts")] == [True, True]
+    assert sandbox.records("accounts")["c2.com"].record["name"] == "Caf\ufffd"
+    assert "Stream 'accounts': 1 records held bytes that are not UTF-8" in result.stderr
+
+
+def test_lone_surrogate_escapes_are_replaced_and_the_record_sent(sandbox, tmp_path):
+    line = account_line(4, "X").replace('"X"', '"Bad \\ud800 name"')
+
+    result = run_command(sandbox_config(sandbox), tmp_path, lines_of([SCHEMA]) + line + "\n")
+
+    assert result.returncode == 0, result.stderr
+    assert result.entries("accounts")[0]["success"] is True
+    assert sandbox.records("accounts")["c4.com"].record["name"] == "Bad \ufffd name"
+
+
+def test_nan_or_infinity_fails_only_that_record(sandbox, tmp_path):
+    nan = account_line(5).replace('"Company 5"', "NaN")
+    text = lines_of([SCHEMA]) + account_line(6) + "\n" + nan + "\n" + account_line(7) + "\n"
+
+    result = run_command(sandbox_config(sandbox), tmp_path, text)
+
+    assert result.returncode == 0, result.stderr
+    good, bad, after = result.entries("accounts")
+    assert good["success"] is True
+    assert after["success"] is True
+    assert bad["success"] is False
+    assert bad["error"].startswith("line 3: the record holds NaN, which JSON does not allow")
+    assert bad["externalId"] == "A5"
+    assert "c5.com" not in sandbox.records("accounts")
+
+
+def test_a_record_nested_too_deeply_fails_alone_without_a_traceback(sandbox, tmp_path):
+    deep = json.dumps({"type": "RECORD", "stream": "accounts", "record": {"domain": "d.com"}})
+    deep = deep.replace('"d.com"', "[" * 100_000 + "]" * 100_000)
+
+    result = run_command(
+        sandbox_config(sandbox), tmp_path, lines_of([SCHEMA]) + deep + "\n" + account_line(8) + "\n"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    bad, good = result.entries("accounts")
+    assert bad["success"] is False
+    assert "nested too deeply" in bad["error"]
+    assert good["success"] is True
+
+
+def test_a_record_that_is_not_an_object_fails_alone_naming_its_line(sandbox, tmp_path):
+    lines = [SCHEMA, *({"type": "RECORD", "stream": "accounts", "record": odd} for odd in (None, [1], "x"))]
+
+    result = run_command(sandbox_config(sandbox), tmp_path, lines_of(lines) + account_line(9) + "\n")
+
+    assert result.returncode == 0, result.stderr
+    entries = result.entries("accounts")
+    assert [e["success"] for e in entries] == [False, False, False, True]
+    assert entries[0]["error"] == "line 2: the RECORD's record is NoneType, not an object, so it was not sent"
+    assert "record is list" in entries[1]["error"]
+
+
+def test_records_read_before_a_line_that_is_not_json_are_still_sent_and_reported(sandbox, tmp_path):
+    text = (
+        lines_of([SCHEMA])
+        + account_line(10)
+        + "\n"
+        + account_line(11)
+        + "\nnot json at all\n"
+        + account_line(12)
+    )
+
+    result = run_command(sandbox_config(sandbox), tmp_path, text + "\n")
+
+    assert result.returncode == 1
+    assert "line 4 is not valid JSON" in result.stderr
+    assert [e["lookupKey"] for e in result.entries("accounts")] == ["c10.com", "c11.com"]
+    assert all(e["success"] for e in result.entries("accounts"))
+    assert set(sandbox.records("accounts")) == {"c10.com", "c11.com"}
