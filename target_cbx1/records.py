@@ -27,17 +27,36 @@ class RecordRejectedError(Exception):
         self.lookup_key = lookup_key
 
 
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+
+
 def normalise_domain(value: str) -> str:
-    """acme.com from ' https://www.Acme.com/about ' (lower case, no scheme, www., port or path)."""
-    host = _SCHEME.sub("", value.strip().lower())
+    """acme.com from ' https://www.Acme.com/about. ' (lower case; no zero-width characters, scheme,
+    www., port, path or trailing dot). International names stay as written: münchen.de.
+    """
+    host = _SCHEME.sub("", value.translate(_ZERO_WIDTH).strip().lower())
     host = re.split(r"[/?#]", host, maxsplit=1)[0]
     host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
     return host.removeprefix("www.").rstrip(".")
 
 
 def normalise_email(value: str) -> str:
-    """ann@acme.com from ' Ann@Acme.COM ' (trimmed, lower case)."""
-    return value.strip().lower()
+    """ann@acme.com from ' Ann@Acme.COM ' (trimmed, lower case, no zero-width characters)."""
+    return value.translate(_ZERO_WIDTH).strip().lower()
+
+
+def ascii_form(text: str) -> str:
+    """The form international domains are compared in: münchen.de and xn--mnchen-3ya.de are one.
+
+    An email's domain part is converted too; text that IDNA cannot encode stays as it is.
+    """
+    if text.isascii():
+        return text
+    local, at, domain = text.rpartition("@")
+    try:
+        return local + at + domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return text
 
 
 LookupKind = t.Literal["domain", "email", "text"]
@@ -66,11 +85,19 @@ class LookupRule:
             kind = "domain"
         return cls(field, kind)
 
+    def cleaned(self, value: str) -> str:
+        """The value as it is sent: trimmed, and for domains and emails normalised (Unicode kept)."""
+        if self.kind == "domain":
+            return normalise_domain(value)
+        return normalise_email(value) if self.kind == "email" else value.strip()
+
     def normalise(self, value: object) -> str:
-        """The form keys are compared in (CBX1's answers included); never rejects."""
+        """The form keys are compared in (CBX1's answers included, international names as ASCII);
+        never rejects.
+        """
         if not isinstance(value, str) or self.kind == "text":
             return str(value).strip()
-        return normalise_domain(value) if self.kind == "domain" else normalise_email(value)
+        return ascii_form(self.cleaned(value))
 
     def key_of(self, value: object) -> str:
         """The normalised lookup key of a value; raises RecordRejectedError when it cannot be one."""
@@ -174,7 +201,7 @@ def build_payload(
     key = rule.key_of(lookup_value)
     payload = without_sdc_columns(record)
     if isinstance(lookup_value, str):
-        payload[rule.field] = key
+        payload[rule.field] = key if lookup_value.isascii() else rule.cleaned(lookup_value)
     return key, apply_options(payload, stream, options)
 
 
@@ -246,7 +273,7 @@ def wrap_flat(
     """
     key, data = build_payload(record, stream, rule, PayloadOptions(add_stream_key=False, metadata=None))
     source = sources.source_of(record.get("crmSystem"), key)
-    envelope: dict[str, t.Any] = {"data": data, "lookupKey": key, "source": source}
+    envelope: dict[str, t.Any] = {"data": data, "lookupKey": data.get(rule.field, key), "source": source}
     external_id = external_id_of(record)
     if external_id is not None:
         envelope["sourceRecordId"] = external_id

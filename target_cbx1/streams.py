@@ -101,7 +101,7 @@ class StreamRoute:
         """The normalised lookup key of a prepared payload, the form CBX1's results are matched in."""
         field = "lookupKey" if self.shape != "flat" else self.lookup.field if self.lookup else ""
         value = payload.get(field)
-        if self.shape != "envelope" and isinstance(value, str):
+        if self.shape != "envelope" and isinstance(value, str) and value.isascii():
             return value  # prepare() already put the normalised key there
         return self.lookup.normalise(value) if self.lookup else str(value)
 

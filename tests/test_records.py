@@ -265,3 +265,30 @@ def test_input_record_is_not_mutated() -> None:
     _, payload = build_payload(record, "accounts", DOMAIN, options)
     assert record == before
     assert payload["metadata"] is not record["metadata"]
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        ("münchen.de", "xn--mnchen-3ya.de"),
+        ("xn--mnchen-3ya.de", "xn--mnchen-3ya.de"),
+        ("https://www.MÜNCHEN.de/", "xn--mnchen-3ya.de"),
+        ("acme\u200b.com", "acme.com"),
+        ("\ufeffacme.com.", "acme.com"),
+    ],
+)
+def test_international_zero_width_and_trailing_dot_domains_share_one_key(value, key):
+    assert DOMAIN.key_of(value) == key
+    assert DOMAIN.normalise(value) == key
+
+
+def test_an_international_domain_is_sent_as_written_and_matched_as_ascii():
+    key, payload = build_payload({"domain": "https://München.de/"}, "accounts", DOMAIN, NO_OPTIONS)
+
+    assert key == "xn--mnchen-3ya.de"
+    assert payload["domain"] == "münchen.de"
+
+
+def test_an_international_email_domain_is_matched_as_ascii():
+    assert EMAIL.key_of("Ann@München.de") == "ann@xn--mnchen-3ya.de"
+    assert EMAIL.key_of("ann\u200d@acme.com") == "ann@acme.com"

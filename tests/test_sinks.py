@@ -487,3 +487,19 @@ def test_schema_without_properties_stops_the_run_naming_the_stream(api, bad_sche
 
     with pytest.raises(InvalidJSONSchema, match="SCHEMA message for stream 'accounts' has no 'properties'"):
         TargetCBX1(config=make_config()).listen(stdin_of([message]))
+
+
+def test_an_international_domain_matches_cbx1s_punycode_answer(api, capsys):
+    answer = {
+        "status": {"code": "CM000"},
+        "data": {"results": [{"success": True, "id": "id-m", "lookupKey": "xn--mnchen-3ya.de"}]},
+    }
+    api.post(BULK_ACCOUNTS, json=answer)
+
+    state = run_target(
+        make_config(), [schema("accounts"), account(1, "https://www.München.de/")], capsys
+    ).state
+
+    (entry,) = state["bookmarks"]["accounts"]
+    assert (entry["success"], entry["id"], entry["lookupKey"]) == (True, "id-m", "xn--mnchen-3ya.de")
+    assert posted(api)[0][0]["domain"] == "münchen.de"
