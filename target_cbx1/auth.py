@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import decimal
+import math
 import threading
 import time
 import typing as t
@@ -9,16 +11,17 @@ import typing as t
 import requests
 from pydantic import ValidationError
 
-from target_cbx1.errors import CredentialsError, RequestFailedError, TransientError
+from target_cbx1.errors import CredentialsError, RedirectedError, RequestFailedError, TransientError
 from target_cbx1.models import SessionToken
 from target_cbx1.redaction import register_secret
-from target_cbx1.responses import read_envelope_data, server_message
+from target_cbx1.responses import read_envelope_data, read_within, redirect_message, server_message
 from target_cbx1.retries import Action, action_for, parse_retry_after
 
 TOKEN_PATH = "api/g/v1/auth/tokens"
 REFRESH_MARGIN_SECONDS = 120  # HotGlue's rule: refresh when fewer than this many seconds remain
+LONGEST_LIFETIME_SECONDS = 86400.0  # a longer maxAge is taken as a day: a token is refetched at least daily
 
-TokenListener = t.Callable[[str, float], None]
+TokenListener = t.Callable[[str, "float | None"], None]
 
 
 class SessionTokenAuth:
@@ -48,6 +51,7 @@ class SessionTokenAuth:
         self._expires_at = expires_at
         self._on_new_token = on_new_token
         self._clock = clock
+        self._lifetime: float | None = None
         self._lock = threading.Lock()
 
     def token(self) -> str:
@@ -65,12 +69,23 @@ class SessionTokenAuth:
                 self._fetch()
 
     def _expires_soon(self) -> bool:
-        return self._expires_at is not None and self._expires_at - self._clock() < REFRESH_MARGIN_SECONDS
+        return self._expires_at is not None and self._expires_at - self._clock() < self._margin
+
+    @property
+    def _margin(self) -> float:
+        """HotGlue's 120 s, or a tenth of a short token's lifetime (never a fetch per request)."""
+        return min(REFRESH_MARGIN_SECONDS, self._lifetime / 10) if self._lifetime else REFRESH_MARGIN_SECONDS
 
     def _fetch(self) -> None:
         params = {"authenticationType": "ACCESS_KEY", "code": self._access_key, "orgId": self._org_id}
-        response = self._session.get(self._token_url, params=params, timeout=self._timeout)
+        deadline = time.monotonic() + self._timeout
+        response = self._session.get(
+            self._token_url, params=params, timeout=self._timeout, allow_redirects=False, stream=True
+        )
+        read_within(response, deadline, self._timeout)
         action = action_for(response.status_code)
+        if action is Action.REDIRECT:
+            raise RedirectedError(redirect_message(response))
         if action is Action.RETRY:
             raise TransientError(
                 f"the token endpoint answered HTTP {response.status_code}: {server_message(response)}",
@@ -86,7 +101,8 @@ class SessionTokenAuth:
             raise self._failed(f"unreadable answer: {server_message(response)}") from None
         register_secret(issued.session_token)
         self._token = issued.session_token
-        self._expires_at = self._clock() + issued.max_age
+        self._lifetime = lifetime_of(issued.max_age)
+        self._expires_at = None if self._lifetime is None else self._clock() + self._lifetime
         if self._on_new_token is not None:
             self._on_new_token(self._token, self._expires_at)
 
@@ -95,3 +111,18 @@ class SessionTokenAuth:
             f"CBX1 authentication failed ({detail}). Check access_key (HotGlue: Code) and "
             f"org_id (HotGlue: OrgId, here {self._org_id!r}) in the config."
         )
+
+
+def lifetime_of(max_age: object) -> float | None:
+    """Seconds a token lives, from its maxAge; None (refreshed only after a 401) when maxAge is not a
+    positive finite number. A lifetime over a day counts as a day.
+    """
+    if isinstance(max_age, bool) or not isinstance(max_age, (int, float, decimal.Decimal)):
+        return None
+    try:
+        seconds = float(max_age)
+    except (OverflowError, ValueError):
+        return None
+    if not math.isfinite(seconds) or seconds <= 0:
+        return LONGEST_LIFETIME_SECONDS if seconds == math.inf else None
+    return min(seconds, LONGEST_LIFETIME_SECONDS)

@@ -67,12 +67,7 @@ class ApiSink(Sink):
         self.settings = self.run.settings
         self.route = self.run.router.route(stream_name, schema, self.key_properties)
         self.stats = self.run.stats(stream_name)
-        self.requests = RequestPool(
-            self.settings.max_concurrency,
-            f"cbx1-{stream_name}",
-            lambda: self.run.session.stop_signal,
-            self.run.in_flight,
-        )
+        self.requests = RequestPool(self.settings.max_concurrency, f"cbx1-{stream_name}", self.run.requests)
         self.run.ledger.open_stream(stream_name)
 
     @property

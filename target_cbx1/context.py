@@ -9,7 +9,7 @@ import time
 import typing as t
 from dataclasses import dataclass, field
 
-from target_cbx1.pipeline import KeysInFlight
+from target_cbx1.pipeline import RunRequests
 from target_cbx1.session import RequestCounts
 
 if t.TYPE_CHECKING:
@@ -56,7 +56,7 @@ class RunContext:
         self.dry_run = dry_run
         self.checkpoint = checkpoint
         self.output_mapped_record = os.environ.get("OUTPUT_MAPPED_RECORD", "").lower() == "true"
-        self.in_flight = KeysInFlight()
+        self.requests = RunRequests(lambda: session.stop_signal, session.stop)
         self._stats: dict[str, StreamStats] = {}
         self._chunks: dict[str, int] = {}
         self._lock = threading.Lock()

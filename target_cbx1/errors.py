@@ -33,6 +33,10 @@ class CredentialsError(FatalAPIError):
     """CBX1 refused the credentials or permissions: the run cannot go on."""
 
 
+class RedirectedError(FatalAPIError):
+    """CBX1 (or a proxy) answered with a redirect: every request would, so the run stops."""
+
+
 class ApiOutageError(FatalAPIError):
     """Too many requests in a row failed after all their retries: the API looks down, the run stops.
 

@@ -35,7 +35,7 @@ class SessionToken(_Lenient):
     """`data` of the auth endpoint."""
 
     session_token: str = Field(alias="sessionToken", min_length=1)
-    max_age: float = Field(alias="maxAge", gt=0)
+    max_age: t.Any = Field(default=None, alias="maxAge")  # read by auth.lifetime_of, whatever it holds
 
 
 class ResultsData(_Lenient):

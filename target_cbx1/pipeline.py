@@ -1,4 +1,4 @@
-"""A stream's requests in flight: up to `size` at once, never two with the same lookup key in the run."""
+"""Requests in flight: per stream up to `size` at once, and never one lookup key twice in the run."""
 
 from __future__ import annotations
 
@@ -13,38 +13,41 @@ Work = t.Callable[[], None]
 CLOSE_WAIT_SECONDS = 5.0  # how long close() waits for each idle thread to end
 
 
-class KeysInFlight:
-    """The lookup keys of every request in flight in the run, shared by all the pools, so that two
-    streams writing the same CBX1 objects (contacts and leads) never have one key in flight twice.
-    `changed` is the one condition every pool waits on.
+class RunRequests:
+    """What every request pool of a run shares: the lookup keys in flight (so that two streams
+    writing the same CBX1 objects, contacts and leads, never have one key in flight twice), the
+    first error that stopped a request, and the one condition they all wait on.
+
+    `stop_signal` tells why the run stops, if it does; `stop(reason)` is called when a request
+    ends in an error that must stop the run, so that requests waiting to retry stop waiting.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stop_signal: t.Callable[[], str | None], stop: t.Callable[[str], None]) -> None:
         self.changed = threading.Condition()
         self.keys: set[str] = set()
+        self.error: BaseException | None = None
+        self.stop_signal = stop_signal
+        self.stop = stop
 
 
 class RequestPool:
-    """Runs requests on up to `size` daemon threads while the caller goes on reading input.
+    """Runs one stream's requests on up to `size` daemon threads while the caller reads on.
 
     Threads start as requests need them and end at `close()`, so a pool never holds more than
     `size` threads and a finished stream holds none.
 
-    A request waits until fewer than `size` are in flight and no request of the run holds one of its
-    lookup keys, so the upserts of one key stay in input order. An error that must stop the run (an outage,
-    refused credentials, a signal) is raised again in the caller's thread at its next call.
+    A request waits until fewer than `size` are in flight and no request of the run holds one of
+    its lookup keys, so the upserts of one key stay in input order. An error that must stop the run
+    (an outage, refused credentials, a redirect, a signal), in any stream, is raised again in the
+    caller's thread at its next call to any pool.
     """
 
-    def __init__(
-        self, size: int, name: str, stop_signal: t.Callable[[], str | None], in_flight: KeysInFlight
-    ) -> None:
+    def __init__(self, size: int, name: str, run: RunRequests) -> None:
         self.size = size
         self.name = name
-        self._stop_signal = stop_signal
-        self._changed = in_flight.changed
-        self._keys_in_flight = in_flight.keys
+        self._run = run
+        self._changed = run.changed
         self._running = 0
-        self._error: BaseException | None = None
         self._jobs: queue.SimpleQueue[tuple[frozenset[str], Work | None]] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
 
@@ -55,7 +58,7 @@ class RequestPool:
                 self._changed.wait()
             self._raise_if_failed_or_stopping()
             self._running += 1
-            self._keys_in_flight |= keys
+            self._run.keys |= keys
             if self._running > len(self._threads):
                 self._start_thread()
         self._jobs.put((keys, work))
@@ -72,7 +75,7 @@ class RequestPool:
     def wait(self) -> None:
         """Return when nothing is in flight; raise the error that stopped a request, if any."""
         with self._changed:
-            while self._running and self._error is None:
+            while self._running and self._run.error is None:
                 self._changed.wait()
             self._raise_if_failed_or_stopping()
 
@@ -90,16 +93,16 @@ class RequestPool:
             return True
 
     def _must_wait(self, keys: frozenset[str]) -> bool:
-        if self._error is not None:
+        if self._run.error is not None:
             return False
-        if self._stop_signal() is not None:
+        if self._run.stop_signal() is not None:
             return self._running > 0  # let the requests in flight finish, then stop
-        return self._running >= self.size or not self._keys_in_flight.isdisjoint(keys)
+        return self._running >= self.size or not self._run.keys.isdisjoint(keys)
 
     def _raise_if_failed_or_stopping(self) -> None:
-        if self._error is not None:
-            raise self._error
-        signal_name = self._stop_signal()
+        if self._run.error is not None:
+            raise self._run.error
+        signal_name = self._run.stop_signal()
         if signal_name is not None:
             raise StopRequested(signal_name)
 
@@ -119,9 +122,12 @@ class RequestPool:
                 work()
             except BaseException as exc:  # handed to the caller's thread, which decides
                 with self._changed:
-                    self._error = self._error or exc
+                    first = self._run.error is None
+                    self._run.error = self._run.error or exc
+                if first and not isinstance(exc, StopRequested):
+                    self._run.stop(type(exc).__name__)
             finally:
                 with self._changed:
                     self._running -= 1
-                    self._keys_in_flight -= keys
+                    self._run.keys -= keys
                     self._changed.notify_all()

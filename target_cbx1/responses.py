@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import typing as t
+from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from pydantic import ValidationError
 
 from target_cbx1 import jsonio
@@ -36,7 +39,7 @@ def server_message(response: requests.Response) -> str:
     """The server's own words: status.message / message / error of a JSON body, else its start."""
     try:
         body = response.json()
-    except (ValueError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         return body_start(response)
     if isinstance(body, dict):
         status = body.get("status")
@@ -55,9 +58,9 @@ def read_answer(response: requests.Response) -> dict[str, t.Any]:
     its status is not CM000.
     """
     try:
-        answer = jsonio.decode(response.content)
+        answer = decode_leniently(response.content)
         envelope = Envelope.model_validate(answer)
-    except (jsonio.DecodeError, ValidationError):
+    except (ValueError, RecursionError, ValidationError):
         raise RequestFailedError(
             f"CBX1 answered HTTP {response.status_code} with a body that is not the documented "
             f"JSON envelope: {body_start(response)!r}"
@@ -70,6 +73,49 @@ def read_answer(response: requests.Response) -> dict[str, t.Any]:
     return t.cast("dict[str, t.Any]", answer)
 
 
+def decode_leniently(content: bytes) -> t.Any:
+    """JSON, fast; with Python's reader as a fallback for the NaN and Infinity some servers write."""
+    try:
+        return jsonio.decode(content)
+    except (jsonio.DecodeError, RecursionError):
+        return json.loads(content)
+
+
 def read_envelope_data(response: requests.Response) -> t.Any:
     """`data` of a 2xx CM000 answer (see read_answer)."""
     return read_answer(response).get("data")
+
+
+def read_within(response: requests.Response, deadline: float, timeout: float) -> None:
+    """Read a streamed answer's body, so that `timeout` bounds the whole answer, not each read:
+    a server that trickles its answer byte by byte is given up on at the deadline.
+    """
+    chunks = []
+    try:
+        while chunk := response.raw.read1(65536, decode_content=True):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise requests.Timeout(f"the answer took longer than the {timeout:g} s timeout")
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        response.close()
+        raise requests.Timeout(str(exc)) from None
+    except urllib3.exceptions.HTTPError as exc:
+        response.close()
+        raise requests.ConnectionError(f"the answer broke off: {exc}") from None
+    except BaseException:
+        response.close()
+        raise
+    response._content = b"".join(chunks)
+    response.raw.release_conn()
+
+
+def redirect_message(response: requests.Response) -> str:
+    """What a redirect means for the user, naming where it points (without its query)."""
+    location = response.headers.get("Location") or "(no Location header)"
+    parts = urlsplit(location)
+    shown = f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else parts.path or location
+    return (
+        f"CBX1 answered HTTP {response.status_code}, a redirect to {mask(shown)}: the target never "
+        "follows redirects with its credentials. Set api_url to the API's final address (the "
+        "scheme and host the redirect names), then rerun."
+    )

@@ -15,6 +15,7 @@ class Action(enum.Enum):
     """What the client does with an answer."""
 
     ACCEPT = "read the envelope"
+    REDIRECT = "stop the run: api_url is not the API's address"
     RETRY = "back off and send again"
     REFRESH_TOKEN = "fetch a new session token and send again, once"
     DENY = "stop the run: the credentials lack permission"
@@ -25,9 +26,13 @@ RETRIED_STATUSES = frozenset({408, 429})
 
 
 def action_for(status: int) -> Action:
-    """The response-to-action table: 2xx accept, 401 refresh, 403 deny, 408/429/5xx retry, else reject."""
+    """The response-to-action table: 2xx accept, 3xx redirect, 401 refresh, 403 deny, 408/429/5xx
+    retry, else reject.
+    """
     if 200 <= status < 300:
         return Action.ACCEPT
+    if 300 <= status < 400:
+        return Action.REDIRECT
     if status == 401:
         return Action.REFRESH_TOKEN
     if status == 403:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import typing as t
 from dataclasses import dataclass
-from time import sleep
 from urllib.parse import urljoin
 
 import requests
@@ -18,6 +18,7 @@ from target_cbx1.auth import TOKEN_PATH, SessionTokenAuth, TokenListener
 from target_cbx1.errors import (
     ApiOutageError,
     CredentialsError,
+    RedirectedError,
     RejectedError,
     RequestFailedError,
     StopRequested,
@@ -25,7 +26,7 @@ from target_cbx1.errors import (
 )
 from target_cbx1.ratelimit import RateLimiter
 from target_cbx1.redaction import mask
-from target_cbx1.responses import server_message
+from target_cbx1.responses import read_within, redirect_message, server_message
 from target_cbx1.retries import Action, RetryPolicy, action_for, parse_retry_after
 
 if t.TYPE_CHECKING:
@@ -82,8 +83,11 @@ class ApiSession:
         self.gave_up = 0
         self.outage: ApiOutageError | None = None
         self.stop_signal: str | None = None
+        self._stopping = threading.Event()  # wakes every retry wait when the run stops
         self._lock = threading.Lock()
         self._headers = {name: str(value) for name, value in self.session.headers.items()}
+        # requests looks at a request's cookie jar when it meets a redirect (which it does not follow).
+        self._redirect_cookies = requests.cookies.RequestsCookieJar()
         self.auth = SessionTokenAuth(
             self.session,
             self.url(TOKEN_PATH),
@@ -143,7 +147,17 @@ class ApiSession:
             logger.warning("%s failed (%s); retry %d in %.1f s", path, error, attempts, wait)
             with self._lock:
                 counts.retries += 1
-            sleep(wait)
+            self._wait(wait)
+
+    def stop(self, reason: str) -> None:
+        """Stop the run: nothing new is sent, and requests waiting to retry stop waiting."""
+        if self.stop_signal is None:
+            self.stop_signal = reason
+        self._stopping.set()
+
+    def _wait(self, seconds: float) -> None:
+        """Wait before a retry, unless the run stops first."""
+        self._stopping.wait(seconds)
 
     def _post_once(self, path: str, body: bytes, token: str) -> requests.Response:
         """One HTTP attempt, within the rate limit.
@@ -160,7 +174,11 @@ class ApiSession:
         )
         request.body = body
         request.hooks = {"response": []}
-        return self.session.send(request, timeout=self.timeout, allow_redirects=False)
+        request._cookies = self._redirect_cookies  # type: ignore[attr-defined]  # read on a redirect
+        deadline = time.monotonic() + self.timeout
+        response = self.session.send(request, timeout=self.timeout, allow_redirects=False, stream=True)
+        read_within(response, deadline, self.timeout)
+        return response
 
     def raise_if_stopping(self) -> None:
         """Before anything new is read or sent: stop for a signal (or a fatal error), or an outage."""
@@ -184,6 +202,7 @@ class ApiSession:
             "Rerun the job once the API answers again: records that were not sent will be sent then.",
             request_error=message,
         )
+        self._stopping.set()
         return self.outage
 
     @staticmethod
@@ -192,6 +211,8 @@ class ApiSession:
         status = response.status_code
         if action is Action.ACCEPT:
             return response
+        if action is Action.REDIRECT:
+            raise RedirectedError(redirect_message(response))
         message = server_message(response)
         if action is Action.RETRY:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))

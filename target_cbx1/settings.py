@@ -160,7 +160,7 @@ class Settings(BaseModel):
         ge=0,
         description="A Retry-After longer than this is treated as a failed request, not waited for.",
     )
-    timeout: float = setting(60, gt=0, description="Seconds to wait for each HTTP response.")
+    timeout: float = setting(60, gt=0, description="Seconds each HTTP answer may take, as a whole (a trickled answer is given up on).")
     state_output: t.Literal["hotglue", "singer"] = setting(
         "hotglue",
         description="What the target prints on stdout. hotglue: one HotGlue state line with every "

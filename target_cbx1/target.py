@@ -196,7 +196,7 @@ class TargetCBX1(Target):
             return
         name = signal.Signals(signum).name
         self.logger.warning("Received %s: stopping; only confirmed outcomes go into the state", name)
-        self.session.stop_signal = name
+        self.session.stop(name)
         raise StopRequested(name)
 
     def settle(self, stop_reason: str | None, timeout: float | None = None) -> None:
@@ -205,8 +205,8 @@ class TargetCBX1(Target):
         With a `stop_reason`, requests not yet started are dropped and retries end.
         """
         self._finishing = True
-        if stop_reason is not None and self.session.stop_signal is None:
-            self.session.stop_signal = stop_reason
+        if stop_reason is not None:
+            self.session.stop(stop_reason)
         deadline = None if timeout is None else time.monotonic() + timeout
         for sink in self.api_sinks():
             if not sink.requests.settle(deadline):
@@ -254,7 +254,7 @@ class TargetCBX1(Target):
 
     # Config
 
-    def _write_back_token(self, token: str, expires_at: float) -> None:
+    def _write_back_token(self, token: str, expires_at: float | None) -> None:
         """Store a new session token in the config file it came from, as HotGlue expects."""
         if self._config_path is None:
             return
@@ -262,7 +262,10 @@ class TargetCBX1(Target):
             config = json.loads(self._config_path.read_text())
             hotglue_style = "access_token" not in config and ("AccessToken" in config or "Code" in config)
             config["AccessToken" if hotglue_style else "access_token"] = token
-            config["expires_in"] = int(expires_at)
+            if expires_at is None:  # CBX1 gave no usable maxAge: the token is kept until refused
+                config.pop("expires_in", None)
+            else:
+                config["expires_in"] = int(expires_at)
             write_atomically(self._config_path, lambda out: json.dump(config, out, indent=2))
         except (OSError, ValueError) as exc:
             self.logger.warning(
@@ -318,9 +321,9 @@ class TargetCBX1(Target):
                 "entry, and the next run sends them.",
                 stop.signal_name,
             )
-            sys.exit(0)
+            sys.exit(exit_status_after(stop.signal_name))
         except FatalAPIError as exc:
-            target.settle(type(exc).__name__)
+            target.settle(type(exc).__name__, STOP_GRACE_SECONDS)
             target.write_state()
             cls.logger.error("%s", exc)
             sys.exit(1)
@@ -332,3 +335,13 @@ class TargetCBX1(Target):
         except Exception:
             target.write_state()
             raise
+
+
+def exit_status_after(stop_reason: str) -> int:
+    """128 + the signal's number (143 for SIGTERM, 130 for SIGINT), as shells report a job a signal
+    stopped, so that schedulers see it as not successful; 1 for a stop that was not a signal.
+    """
+    try:
+        return 128 + signal.Signals[stop_reason].value
+    except KeyError:
+        return 1

@@ -194,7 +194,9 @@ def api() -> t.Iterator[requests_mock.Mocker]:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Retry waits, recorded instead of slept."""
     waits: list[float] = []
-    monkeypatch.setattr("target_cbx1.session.sleep", waits.append)
+    monkeypatch.setattr(
+        "target_cbx1.session.ApiSession._wait", lambda session, seconds: waits.append(seconds)
+    )
     return waits
 
 
