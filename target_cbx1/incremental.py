@@ -18,6 +18,7 @@ if t.TYPE_CHECKING:
 HOTGLUE_HOME = Path("/home/hotglue")
 FILE_NAME = "incremental_target_state.json"
 SAVE_INTERVAL_SECONDS = 2.0
+PROBE_BYTES = 64 * 1024  # written once at start, to find a full disk before the run needs it
 
 logger = logging.getLogger("target-cbx1.incremental")
 
@@ -60,6 +61,18 @@ class IncrementalStateFile:
                 logger.warning("The incremental state %s has no bookmarks; starting afresh", self.path)
             return None
         return state
+
+    def check_writable(self) -> None:
+        """Raise OSError now, rather than at the end of the run, when the file cannot be written:
+        a probe file beside it is written, flushed to disk and removed.
+        """
+        if self.path.exists() and not self.path.is_file():
+            raise OSError(f"{self.path} is not a regular file")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("wb", dir=self.path.parent, prefix=f".{self.path.name}.") as probe:
+            probe.write(b" " * PROBE_BYTES)
+            probe.flush()
+            os.fsync(probe.fileno())
 
     def save_if_due(self, ledger: StateLedger) -> None:
         """Save when the last save is more than SAVE_INTERVAL_SECONDS old."""

@@ -202,12 +202,13 @@ class StateLedger:
 
     def write(self, out: SupportsWrite[str]) -> None:
         """Write the state as one bare JSON line, entry by entry; only confirmed outcomes are in it."""
+        streams = list(self._entries)  # a stream may open meanwhile (the file is saved from workers)
         out.write('{"bookmarks":{')
-        for number, stream in enumerate(list(self._entries)):
+        for number, stream in enumerate(streams):
             out.write(("," if number else "") + encode_text(stream) + ":[")
             for position, entry in enumerate(self.confirmed(stream)):
                 out.write(("," if position else "") + encode_text(entry.as_bookmark()))
             out.write("]")
         out.write('},"summary":')
-        out.write(encode_text({stream: self.summary(stream) for stream in self._entries}))
+        out.write(encode_text({stream: self.summary(stream) for stream in streams}))
         out.write("}\n")

@@ -9,14 +9,27 @@ import re
 import sys
 import typing as t
 
-from singer_sdk.exceptions import InvalidJSONSchema, MissingKeyPropertiesError, RecordsWithoutSchemaException
+from singer_sdk.exceptions import (
+    InvalidJSONSchema,
+    MapExpressionError,
+    MissingKeyPropertiesError,
+    RecordsWithoutSchemaException,
+    StreamMapConfigError,
+)
 from singer_sdk.singerlib.encoding import SimpleSingerReader
 from singer_sdk.singerlib.exceptions import InvalidInputLine, SingerReadError
 
 from target_cbx1 import jsonio
 
-# Errors that mean the input is wrong: the run stops, naming the line.
-INPUT_ERRORS = (SingerReadError, RecordsWithoutSchemaException, MissingKeyPropertiesError, InvalidJSONSchema)
+# Errors that mean the input (or a stream map applied to it) is wrong: the run stops, naming the line.
+INPUT_ERRORS = (
+    SingerReadError,
+    RecordsWithoutSchemaException,
+    MissingKeyPropertiesError,
+    InvalidJSONSchema,
+    StreamMapConfigError,
+    MapExpressionError,
+)
 BOM = "\ufeff"
 REPLACEMENT = "\ufffd"
 _STREAM = re.compile(rb'"stream"\s*:\s*"((?:[^"\\]|\\.){1,200})"')

@@ -10,6 +10,7 @@ import typing as t
 from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import urlsplit
 
+import fastjsonschema
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import PydanticUndefined
 from singer_sdk.exceptions import ConfigValidationError
@@ -21,6 +22,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
+ENV_PREFIX = "TARGET_CBX1_"  # --config ENV reads TARGET_CBX1_<SETTING> variables
 # HotGlue writes these keys into the job's config; each is accepted beside our own name.
 HOTGLUE_ALIASES = {"access_key": "Code", "org_id": "OrgId", "access_token": "AccessToken"}
 OBJECT_TYPES = ("ACCOUNT", "CONTACT")
@@ -110,7 +112,7 @@ class Settings(BaseModel):
         description="true: chunks of batch_size records per request (BatchSink); false: one record per "
         "request (RecordSink: /upsert, or a records request of one).",
     )
-    batch_size: int = setting(20, ge=1, description="Records per request in batch mode.")
+    batch_size: int = setting(20, ge=1, le=10_000, description="Records per request in batch mode.")
     max_request_bytes: int | None = setting(
         None,
         gt=0,
@@ -145,22 +147,30 @@ class Settings(BaseModel):
     max_retries: int = setting(
         5,
         ge=0,
+        le=100,
         description="Retries of a request after its first attempt, for 408, 429, 5xx and network errors.",
     )
     backoff_base_seconds: float = setting(
-        1, ge=0, description="First retry delay; each retry doubles it (with jitter)."
+        1, ge=0, le=3600, description="First retry delay; each retry doubles it (with jitter)."
     )
     backoff_max_seconds: float = setting(
         60,
         ge=0,
+        le=3600,
         description="Longest delay between two retries, unless the server's Retry-After asks for more.",
     )
     retry_after_max_seconds: float = setting(
         300,
         ge=0,
+        le=86_400,
         description="A Retry-After longer than this is treated as a failed request, not waited for.",
     )
-    timeout: float = setting(60, gt=0, description="Seconds each HTTP answer may take, as a whole (a trickled answer is given up on).")
+    timeout: float = setting(
+        60,
+        gt=0,
+        le=3600,
+        description="Seconds each HTTP answer may take, as a whole (a trickled answer is given up on).",
+    )
     state_output: t.Literal["hotglue", "singer"] = setting(
         "hotglue",
         description="What the target prints on stdout. hotglue: one HotGlue state line with every "
@@ -181,24 +191,28 @@ class Settings(BaseModel):
     progress_interval_seconds: float = setting(
         10,
         ge=0,
+        le=86_400,
         description="Seconds between progress lines on stderr (records read, written, failed, rate); "
         "0 turns them off. A summary table per stream is logged at the end.",
     )
     max_concurrency: int = setting(
         8,
         ge=1,
+        le=64,
         description="Requests in flight at once per stream (1: strictly one at a time). Records with the "
         "same lookup key are never in flight together, and the state keeps input order.",
     )
     max_requests_per_second: float | None = setting(
         None,
         gt=0,
+        le=100_000,
         description="Client-side ceiling on requests started in any one-second window, for the whole run "
         "(default: none). A 429 halves the rate, which then grows back gradually.",
     )
     max_consecutive_request_failures: int = setting(
         5,
         ge=1,
+        le=100_000,
         description="Requests in a row that may fail after all their retries before the run stops "
         "because the API looks down (the state so far is written; a rerun sends the rest).",
     )
@@ -258,21 +272,76 @@ class Settings(BaseModel):
         return upper
 
     @classmethod
-    def from_config(cls, config: t.Mapping[str, t.Any]) -> Settings:
-        """Resolve HotGlue aliases and BASE_URL, then validate (absent settings take their defaults)."""
+    def from_config(
+        cls,
+        config: t.Mapping[str, t.Any],
+        environ: t.Mapping[str, str] | None = None,
+        builtin_schema: t.Mapping[str, t.Any] | None = None,
+    ) -> Settings:
+        """Resolve HotGlue aliases, TARGET_CBX1_* variables (with `environ`) and BASE_URL, then validate
+        (absent settings take their defaults).
+
+        `builtin_schema`: the JSON schema of the singer-sdk settings the target also honours (stream
+        maps, flattening, validate_records), checked here too. Raises ConfigValidationError listing
+        every problem at once.
+        """
         values = {k: v for k, v in config.items() if v is not None and v != ""}
+        problems: list[str] = []
+        if environ is not None:
+            from_environment, problems = environment_values(environ)
+            values.update(from_environment)
         for ours, hotglue in HOTGLUE_ALIASES.items():
             if ours not in values and config.get(hotglue) not in (None, ""):
                 values[ours] = config[hotglue]
         if not values.get("api_url") and os.environ.get("BASE_URL"):
             values["api_url"] = os.environ["BASE_URL"]
+        if builtin_schema is not None:
+            problems += builtin_problems(config, builtin_schema)
         try:
-            return cls.model_validate(values)
+            settings = cls.model_validate(values)
         except ValidationError as exc:
-            errors = [_describe(error) for error in exc.errors()]
+            problems += [_describe(error) for error in exc.errors()]
+        if problems:
             raise ConfigValidationError(
-                "Invalid target-cbx1 config: " + "; ".join(errors), errors=errors
+                "Invalid target-cbx1 config: " + "; ".join(problems), errors=problems
             ) from None
+        return settings
+
+
+def environment_values(environ: t.Mapping[str, str]) -> tuple[dict[str, t.Any], list[str]]:
+    """Settings given as TARGET_CBX1_<NAME> variables (`--config ENV`), and the problems reading them.
+
+    Objects and lists are JSON text; other values are converted by the model's own checks.
+    """
+    values: dict[str, t.Any] = {}
+    problems = []
+    for name, field in Settings.model_fields.items():
+        variable = ENV_PREFIX + name.upper()
+        raw = environ.get(variable, "")
+        if not raw:
+            continue
+        if json_schema_of(field.annotation)["type"][0] in ("object", "array") and name != "metadata":
+            try:
+                values[name] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{variable} is not valid JSON ({exc.msg})")
+        else:
+            values[name] = raw
+    return values, problems
+
+
+def builtin_problems(config: t.Mapping[str, t.Any], schema: t.Mapping[str, t.Any]) -> list[str]:
+    """What is wrong with the singer-sdk settings in a config, a line for each wrong setting."""
+    own = set(Settings.model_fields) | set(HOTGLUE_ALIASES.values())
+    problems = []
+    for name, spec in schema.get("properties", {}).items():
+        if name in own or name not in config:
+            continue
+        try:
+            fastjsonschema.validate(spec, config[name], use_default=False, use_formats=False)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            problems.append(f"{name}: {exc.message.removeprefix('data ').removeprefix('data.')}")
+    return problems
 
 
 def config_schema(model: type[BaseModel]) -> dict[str, t.Any]:

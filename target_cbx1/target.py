@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import signal
 import sys
 import threading
@@ -12,8 +13,14 @@ import typing as t
 from pathlib import Path
 
 import click
-from singer_sdk.exceptions import ConfigValidationError, FatalAPIError, InvalidJSONSchema
+from singer_sdk.exceptions import (
+    ConfigValidationError,
+    FatalAPIError,
+    InvalidJSONSchema,
+    StreamMapConfigError,
+)
 from singer_sdk.helpers.capabilities import TARGET_VALIDATE_RECORDS_CONFIG
+from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.target_base import Target
 
 from target_cbx1.client import ApiSink
@@ -34,7 +41,6 @@ from target_cbx1.tapstate import TapStateForwarder
 if t.TYPE_CHECKING:
     from types import FrameType
 
-    from singer_sdk.plugin_base import _ConfigInput
     from singer_sdk.sinks import Sink
 
 CONFIG_PATHS = "target_cbx1.config_paths"
@@ -61,14 +67,18 @@ class TargetCBX1(Target):
         config_path: Path | None = None,
     ) -> None:
         install_log_masking()
+        schema = copy.deepcopy(CONFIG_SCHEMA)
+        self.append_builtin_config(schema)
+        environ = os.environ if parse_env_config else None
+        # Checked before the SDK sets up stream maps from the config, listing every problem at once.
+        self.settings = Settings.from_config(config or {}, environ, builtin_schema=schema)
         super().__init__(
             config=config,
-            parse_env_config=parse_env_config,
-            validate_config=validate_config,
+            parse_env_config=False,  # read by Settings, which names a bad variable
+            validate_config=False,  # done above
             setup_mapper=setup_mapper,
             message_reader=message_reader,
         )
-        self.settings = Settings.from_config(self.config)
         self.max_parallelism = 1  # streams are drained one after the other, in a known order
         self.ledger = StateLedger()
         self._config_path = config_path
@@ -80,6 +90,7 @@ class TargetCBX1(Target):
         self.incremental = IncrementalStateFile(path) if path else None
         results = self.settings.results_path
         self.results = IncrementalStateFile(Path(results)) if results else None
+        self._check_state_files()
         self.dry_run = DryRun() if self.settings.dry_run else None
         singer_mode = self.settings.state_output == "singer" and not self.settings.dry_run
         self.tap_state = TapStateForwarder(self.ledger, lambda: self.session.gave_up) if singer_mode else None
@@ -93,6 +104,24 @@ class TargetCBX1(Target):
             self.checkpoint,
         )
         self._resume()
+
+    def _check_state_files(self) -> None:
+        """Stop at once, as a config problem, when a state file cannot be written."""
+        files = {"incremental_state_path": self.incremental, "results_path": self.results}
+        problems = []
+        for setting, state_file in files.items():
+            if state_file is None:
+                continue
+            try:
+                state_file.check_writable()
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                problems.append(f"{setting}: {state_file.path} cannot be written ({reason})")
+        if problems:
+            message = (
+                "Invalid target-cbx1 config: " + "; ".join(problems) + ". Fix the path or its permissions."
+            )
+            raise ConfigValidationError(message, errors=problems)
 
     def _resume(self) -> None:
         """Seed the state from the incremental file an interrupted run of this job left."""
@@ -283,9 +312,37 @@ class TargetCBX1(Target):
 
     @classmethod
     def cb_config(cls, ctx: click.Context, param: click.Option, value: tuple[str, ...]) -> _ConfigInput:
-        """Remember the config file paths, for the token write-back."""
-        ctx.meta[CONFIG_PATHS] = [path for path in value if path != "ENV"]
-        return super().cb_config(ctx, param, value)
+        """Read the config files (or ENV), remembering their paths for the token write-back.
+
+        A file that is missing, unreadable, not JSON or not an object stops the run with one line
+        naming every such file, and exit status 2.
+        """
+        paths = [path for path in value if path != "ENV"]
+        ctx.meta[CONFIG_PATHS] = paths
+        config: dict[str, t.Any] = {}
+        problems = []
+        for path in paths:
+            try:
+                content = json.loads(Path(path).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                problems.append(f"config file {path} does not exist")
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(f"config file {path} cannot be read ({type(exc).__name__})")
+            except json.JSONDecodeError as exc:
+                problems.append(f"config file {path} is not valid JSON ({exc.msg} at line {exc.lineno})")
+            else:
+                if isinstance(content, dict):
+                    config |= content
+                else:
+                    problems.append(
+                        f"config file {path} holds a JSON {type(content).__name__}, not an object"
+                    )
+        if problems:
+            cls.logger.error(
+                "Invalid target-cbx1 config: %s. Fix the file given with --config.", "; ".join(problems)
+            )
+            sys.exit(2)
+        return _ConfigInput(config=config, parse_env="ENV" in value)
 
     @classmethod
     def invoke(  # type: ignore[override]
@@ -310,7 +367,10 @@ class TargetCBX1(Target):
         except ConfigValidationError as exc:
             details = [error for error in exc.errors if error not in str(exc)]
             cls.logger.error("%s", "; ".join([str(exc), *details]))
-            sys.exit(1)
+            sys.exit(2)
+        except StreamMapConfigError as exc:
+            cls.logger.error("Invalid target-cbx1 config: stream_maps: %s", exc)
+            sys.exit(2)
         try:
             target.listen(file_input)
         except StopRequested as stop:

@@ -10,6 +10,8 @@ import time
 import typing as t
 from pathlib import Path
 
+import pytest
+
 from target_cbx1.sandbox import Sandbox
 from target_cbx1.settings import CONFIG_SCHEMA
 from tests.conftest import ACCESS_KEY, ORG_ID, lines_of, sandbox_config
@@ -258,3 +260,110 @@ def test_demo_shows_every_record_outcome_of_every_job(tmp_path):
         for entries in state["bookmarks"].values():
             for entry in entries:
                 assert (entry["id"] if entry["success"] else entry["error"]) in out
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "does not exist"),
+        ("not json", "is not valid JSON"),
+        ("[1, 2]", "holds a JSON list, not an object"),
+        (
+            '{"api_url": "https://a.example", "access_key": "k-123456", "org_id": "o", "api": "nope", '
+            '"max_concurrency": 100000, "timeout": 1e308, "stream_maps": 5}',
+            "api: Input should be 'auto', 'bulk' or 'records'",
+        ),
+    ],
+)
+def test_a_bad_config_stops_with_one_line_listing_every_problem_and_exit_2(tmp_path, content, problem):
+    config_file = tmp_path / "config.json"
+    if content is not None:
+        config_file.write_text(content)
+
+    process = subprocess.run(
+        [COMMAND, "--config", str(config_file)],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert process.returncode == 2
+    assert "Traceback" not in process.stderr
+    errors = [line for line in process.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1
+    assert problem in errors[0]
+    if content is not None and "api" in content:
+        for other in (
+            "max_concurrency: Input should be less than or equal to 64",
+            "timeout:",
+            "stream_maps:",
+        ):
+            assert other in errors[0]
+
+
+def test_config_from_the_environment_takes_a_text_org_id(sandbox, tmp_path):
+    env = {
+        "TARGET_CBX1_API_URL": sandbox.url,
+        "TARGET_CBX1_ACCESS_KEY": ACCESS_KEY,
+        "TARGET_CBX1_ORG_ID": ORG_ID,
+        "TARGET_CBX1_BATCH_SIZE": "2",
+        "TARGET_CBX1_LOOKUP_FIELDS": '{"people": "email"}',
+    }
+    process = subprocess.run(
+        [COMMAND, "--config", "ENV"],
+        input=SAMPLE.read_text(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env_with(env),
+    )
+
+    assert process.returncode == 0, process.stderr
+    assert all(len(exchange.lookup_keys) <= 2 for exchange in sandbox.exchanges)
+    assert json.loads(process.stdout.splitlines()[-1])["summary"]["accounts"]["success"] == 5
+
+
+def test_a_bad_environment_setting_is_named(tmp_path):
+    env = {"TARGET_CBX1_API_URL": "https://a.example", "TARGET_CBX1_ACCESS_KEY": "k-123456"}
+    env |= {"TARGET_CBX1_ORG_ID": "o", "TARGET_CBX1_BATCH_SIZE": "many", "TARGET_CBX1_OBJECT_TYPES": "{bad"}
+    process = subprocess.run(
+        [COMMAND, "--config", "ENV"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env_with(env),
+    )
+
+    assert process.returncode == 2
+    assert "TARGET_CBX1_OBJECT_TYPES is not valid JSON" in process.stderr
+    assert "batch_size: Input should be a valid integer" in process.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "path"),
+    [("results_path", "/dev/full"), ("incremental_state_path", "/proc/no-such-dir/state.json")],
+)
+def test_a_state_file_that_cannot_be_written_stops_at_once(sandbox, tmp_path, setting, path):
+    started = time.monotonic()
+
+    result = run_command(sandbox_config(sandbox, **{setting: path}), tmp_path)
+
+    assert time.monotonic() - started < 10
+    assert result.returncode == 2
+    assert f"{setting}: {path} cannot be written" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sandbox.exchanges == []
+
+
+def test_the_start_check_of_a_state_file_leaves_nothing_behind(sandbox, tmp_path):
+    folder = tmp_path / "state"
+
+    result = run_command(sandbox_config(sandbox, results_path=str(folder / "results.json")), tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in folder.iterdir()] == ["results.json"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -186,3 +188,28 @@ def test_numeric_external_ids_serialise_exactly() -> None:
     text = written(ledger)
     assert '"externalId":12345678901234567890.10' in text
     assert f'"externalId":{2**63 + 1}' in text
+
+
+def test_the_state_can_be_written_while_streams_open_in_another_thread():
+    ledger = StateLedger()
+    failures: list[BaseException] = []
+
+    def write_often() -> None:
+        try:
+            for _ in range(300):
+                ledger.write(io.StringIO())
+        except BaseException as exc:
+            failures.append(exc)
+
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads very often, so the two meet mid-write
+    try:
+        writer = threading.Thread(target=write_often)
+        writer.start()
+        for number in range(3000):
+            ledger.open_stream(f"stream{number}")
+        writer.join()
+    finally:
+        sys.setswitchinterval(switch_interval)
+
+    assert failures == []
