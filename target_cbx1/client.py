@@ -16,7 +16,7 @@ from singer_sdk.sinks import Sink
 from target_cbx1 import jsonio
 from target_cbx1.context import HasRunContext
 from target_cbx1.contracts.base import Outcome
-from target_cbx1.errors import ApiOutageError, RequestFailedError
+from target_cbx1.errors import ApiOutageError, RejectedError, RequestFailedError
 from target_cbx1.pipeline import RequestPool
 from target_cbx1.records import RecordRejectedError, record_hash
 from target_cbx1.responses import read_answer
@@ -29,8 +29,18 @@ if t.TYPE_CHECKING:
     from target_cbx1.ledger import Entry
 
 State = dict[str, t.Any]
+MISSING_ENDPOINT_STATUSES = frozenset({404, 405})  # a wrong URL: no record of the stream can fix it
 # What hgBatchId adds to a payload's JSON: ,"hgBatchId":"<32 hex digits>"
 BATCH_ID_BYTES = len(jsonio.encode({"hgBatchId": "0" * 32})) - 1
+
+
+def missing_endpoint(url: str, exc: RejectedError, stream: str) -> str:
+    """Why a stream whose endpoint CBX1 does not have sends nothing more, and what to check."""
+    return (
+        f"CBX1 has no endpoint {url} (HTTP {exc.status}: {exc.server_message}), so stream {stream!r} "
+        "sends nothing more: check that api_url is the API's base address (https://host, with no path "
+        f"below it) and that {stream!r} is a stream CBX1 knows (a stream map can rename it)"
+    )
 
 
 @dataclass
@@ -200,9 +210,21 @@ class ApiSink(Sink):
     def post(self, path: str, body: t.Any) -> dict[str, t.Any]:
         """POST a body through the session; CBX1's whole answer once it is a CM000 envelope.
 
-        Raises RequestFailedError (the request's records fail) or an error that stops the run.
+        Raises RequestFailedError (the request's records fail) or an error that stops the run. After
+        a 404 or 405 the stream's endpoint is missing: nothing more of the stream is sent, and its
+        requests fail at once with the message that names the URL.
         """
-        response = self.run.session.post(path, jsonio.encode(body), self.stats.counts)
+        stopped = self.run.stopped_streams.get(self.stream_name)
+        if stopped is not None:
+            raise RequestFailedError(stopped)
+        try:
+            response = self.run.session.post(path, jsonio.encode(body), self.stats.counts)
+        except RejectedError as exc:
+            if exc.status not in MISSING_ENDPOINT_STATUSES:
+                raise
+            message = missing_endpoint(self.run.session.url(path), exc, self.stream_name)
+            self.run.stopped_streams.setdefault(self.stream_name, message)
+            raise RequestFailedError(message) from None
         return read_answer(response)
 
     def upsert_record(self, record: Payload, context: dict) -> tuple[str | None, bool, State]:

@@ -22,12 +22,13 @@ class TapStateForwarder:
 
     A Singer runner (Meltano) stores the last STATE the target writes as the tap's bookmark, so a
     STATE is never written ahead of the records it covers, never twice in a row, and not at all
-    once a request has failed after its retries: the next run then reads those records again.
+    once records were left unwritten (a request failed after its retries, a stream stopped): the next
+    run then reads those records again.
     """
 
-    def __init__(self, ledger: StateLedger, requests_given_up: t.Callable[[], int]) -> None:
+    def __init__(self, ledger: StateLedger, records_left_unwritten: t.Callable[[], bool]) -> None:
         self._ledger = ledger
-        self._requests_given_up = requests_given_up
+        self._records_left_unwritten = records_left_unwritten
         self._pending: collections.deque[tuple[dict[str, int], t.Any]] = collections.deque()
         self._last_written: t.Any = _NOTHING
         self._held_back = False
@@ -43,11 +44,12 @@ class TapStateForwarder:
         """Write, in order, every held STATE whose records all have their outcome."""
         with self._lock:
             while self._pending and self._ledger.decided_through(self._pending[0][0]):
-                if self._requests_given_up():
+                if self._records_left_unwritten():
                     if not self._held_back:
                         logger.warning(
-                            "A request failed after its retries: the tap's STATE is not advanced past "
-                            "it, so the next run reads those records again"
+                            "Records were left unwritten (a request failed after its retries, or a stream's "
+                            "endpoint is missing): the tap's STATE is not advanced past it, so the next "
+                            "run reads those records again"
                         )
                         self._held_back = True
                     return

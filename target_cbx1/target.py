@@ -93,7 +93,7 @@ class TargetCBX1(Target):
         self._check_state_files()
         self.dry_run = DryRun() if self.settings.dry_run else None
         singer_mode = self.settings.state_output == "singer" and not self.settings.dry_run
-        self.tap_state = TapStateForwarder(self.ledger, lambda: self.session.gave_up) if singer_mode else None
+        self.tap_state = TapStateForwarder(self.ledger, self._records_left_unwritten) if singer_mode else None
         self.progress = Progress(self.settings.progress_interval_seconds, self.ledger)
         self.run_context = RunContext(
             self.settings,
@@ -104,6 +104,10 @@ class TargetCBX1(Target):
             self.checkpoint,
         )
         self._resume()
+
+    def _records_left_unwritten(self) -> bool:
+        """Whether a request failed after its retries, or a stream stopped: the tap must read them again."""
+        return self.session.gave_up > 0 or bool(self.run_context.stopped_streams)
 
     def _check_state_files(self) -> None:
         """Stop at once, as a config problem, when a state file cannot be written."""
@@ -373,6 +377,9 @@ class TargetCBX1(Target):
             sys.exit(2)
         try:
             target.listen(file_input)
+            if target.run_context.stopped_streams:
+                cls.logger.error("%s", "; ".join(target.run_context.stopped_streams.values()))
+                sys.exit(1)
         except StopRequested as stop:
             target.settle(stop.signal_name, STOP_GRACE_SECONDS)
             target.write_state()

@@ -119,3 +119,39 @@ def test_an_upsert_answer_without_data_is_a_failure(api, capsys):
     state = run_target(make_config(process_as_batch=False), [schema("accounts"), account(1)], capsys).state
 
     assert state["bookmarks"]["accounts"][0]["success"] is False
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_a_missing_endpoint_stops_only_its_stream_and_the_run_ends_non_zero(sandbox, tmp_path, status):
+    sandbox.add_fault(f"status={status}")  # the first request: the accounts chunk
+    messages = [
+        schema("accounts"),
+        *(account(n) for n in range(50)),
+        schema("contacts"),
+        *(contact(n) for n in range(5)),
+    ]
+    config = sandbox_config(sandbox, batch_size=10, max_concurrency=1)
+
+    result = run_command(config, tmp_path, lines_of(messages))
+
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "has no endpoint" in line and "ERROR" in line]
+    assert "/api/t/v1/targets/accounts/bulk" in errors[-1]
+    assert "check that api_url is the API's base address" in errors[-1]
+    accounts = result.entries("accounts")
+    assert all("has no endpoint" in entry["error"] for entry in accounts)
+    assert len([e for e in sandbox.exchanges if e.stream == "accounts"]) == 1  # not one request per chunk
+    assert all(entry["success"] for entry in result.entries("contacts"))
+
+
+def test_a_missing_endpoint_holds_back_the_taps_state_in_singer_mode(sandbox, tmp_path):
+    sandbox.add_fault("status=404")
+    state = {"type": "STATE", "value": {"bookmarks": {"accounts": {"updatedAt": "2026-11-30"}}}}
+    config = sandbox_config(sandbox, state_output="singer", batch_size=5)
+
+    result = run_command(
+        config, tmp_path, lines_of([schema("accounts"), *(account(n) for n in range(10)), state])
+    )
+
+    assert result.returncode == 1
+    assert result.stdout == ""  # Meltano's bookmark must not move past records never written
