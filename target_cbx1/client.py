@@ -124,8 +124,8 @@ class ApiSink(Sink):
         self.tally_record_read()
         self.record_counter_metric.increment()
         entry = self.run.ledger.add(self.stream_name, record_hash(received), self.route.external_id(record))
-        if entry is None or entry.original is not None:
-            return  # written by an earlier run of this job, or identical to an earlier record
+        if entry.success is not None or entry.original is not None:
+            return  # decided by an earlier run of this job, or identical to an earlier record
         try:
             if self._validator is not None:
                 self._validator.validate(record)
@@ -174,7 +174,7 @@ class ApiSink(Sink):
         self.tally_record_read()
         external_id = self.route.external_id(received) if isinstance(received, dict) else None
         entry = self.run.ledger.add(self.stream_name, record_hash(received), external_id)
-        if entry is not None and entry.original is None:
+        if entry.success is None and entry.original is None:
             entry.fail(error)
 
     @abc.abstractmethod

@@ -78,6 +78,13 @@ class Entry:
             return "fail"
         return "updated" if self.updated else "success"
 
+    def take_outcome(self, earlier: Entry) -> None:
+        """The outcome an earlier run of the job confirmed for this record."""
+        self.succeed(earlier.id)
+        self.lookup_key = earlier.lookup_key
+        self.batch_id = earlier.batch_id
+        self.mapped_record = earlier.mapped_record
+
     def as_bookmark(self) -> dict[str, t.Any]:
         outcome = self.outcome
         bookmark: dict[str, t.Any] = {
@@ -97,29 +104,41 @@ class Entry:
 
 
 class StateLedger:
-    """Entries per stream in input order; identical records (same hash) share the first one's outcome."""
+    """Entries per stream in this run's input order; identical records (same hash) share the first
+    one's outcome.
+
+    An earlier run of the job (its incremental state, `seed`) is taken in as a pool of outcomes: a
+    record of this run that one of them confirmed takes that outcome at its own position and is not
+    sent again; one it failed is sent again. Earlier outcomes no record of this run claims are kept,
+    and come first in the state.
+    """
 
     def __init__(self) -> None:
         self._entries: dict[str, list[Entry]] = {}
         self._by_hash: dict[str, dict[str, Entry]] = {}
-        self._resumed: dict[str, dict[str, list[Entry]]] = {}
+        self._seeded: dict[str, list[Entry]] = {}
+        self._unclaimed: dict[str, dict[str, list[Entry]]] = {}
+        self._superseded: dict[str, dict[str, Entry]] = {}
         self._prefix: dict[str, int] = {}
 
     def seed(self, state: t.Mapping[str, t.Any]) -> int:
-        """Take in the entries of an earlier run of the same job; returns how many were taken."""
+        """Take in the entries of an earlier run of the same job; returns how many were taken.
+
+        A failed entry whose lookup key a later entry of that run wrote is superseded: its record is
+        not sent again, so CBX1 never ends up holding older data than the state says.
+        """
         count = 0
         for stream, bookmarks in state.get("bookmarks", {}).items():
             self.open_stream(stream)
-            resumed = self._resumed.setdefault(stream, {})
+            seeded = self._seeded.setdefault(stream, [])
+            unclaimed = self._unclaimed.setdefault(stream, {})
             for bookmark in bookmarks:
-                if not isinstance(bookmark, dict) or "hash" not in bookmark:
-                    continue
-                first = self._by_hash[stream].get(bookmark["hash"])
-                entry = Entry.from_bookmark(bookmark, first)
-                self._by_hash[stream].setdefault(entry.hash, entry)
-                self._entries[stream].append(entry)
-                resumed.setdefault(entry.hash, []).append(entry)
-                count += 1
+                if isinstance(bookmark, dict) and "hash" in bookmark:
+                    entry = Entry.from_bookmark(bookmark, unclaimed.get(str(bookmark["hash"]), [None])[0])
+                    seeded.append(entry)
+                    unclaimed.setdefault(entry.hash, []).append(entry)
+                    count += 1
+            self._superseded[stream] = superseded_failures(seeded)
         return count
 
     def open_stream(self, stream: str) -> None:
@@ -127,32 +146,46 @@ class StateLedger:
         self._entries.setdefault(stream, [])
         self._by_hash.setdefault(stream, {})
 
-    def add(self, stream: str, record_hash: str, external_id: t.Any) -> Entry | None:
-        """A new entry (`original` set when an identical record came before in this job).
-
-        None when an earlier run of the job already wrote this record: it is not sent again. A record
-        that failed then is tried again, and its new entry replaces the old ones.
+    def add(self, stream: str, record_hash: str, external_id: t.Any) -> Entry:
+        """This run's entry for a record. It is to be sent only while it is undecided and has no
+        `original` (an identical record earlier in this run): an entry an earlier run of the job
+        decided (confirmed, or superseded) comes back decided.
         """
         self.open_stream(stream)
-        earlier = self._resumed.get(stream, {}).pop(record_hash, None)
-        if earlier is not None:
-            if earlier[0].outcome.success:
-                self._resumed[stream][record_hash] = earlier
-                return None
-            for entry in earlier:
-                entry.replaced = True
-            del self._by_hash[stream][record_hash]
+        claimed = self._claim(stream, record_hash)
         first = self._by_hash[stream].get(record_hash)
         entry = Entry(record_hash, external_id, original=first)
         if first is None:
             self._by_hash[stream][record_hash] = entry
+            if claimed is not None:
+                entry.take_outcome(claimed)
+            newer = self._superseded.get(stream, {}).get(record_hash)
+            if newer is not None and entry.success is None:
+                entry.lookup_key = newer.lookup_key
+                entry.fail(
+                    f"superseded: a later record with lookupKey {newer.lookup_key!r} (CRM id "
+                    f"{newer.external_id}) was written by an earlier run of this job after this one "
+                    "failed, so it is not sent again and CBX1 keeps the newer data"
+                )
         self._entries[stream].append(entry)
         return entry
+
+    def _claim(self, stream: str, record_hash: str) -> Entry | None:
+        """An earlier run's entry for this record, no longer kept apart; the outcome to take, if it
+        was a confirmed one.
+        """
+        earlier = self._unclaimed.get(stream, {}).get(record_hash)
+        if not earlier:
+            return None
+        entry = earlier.pop(0)
+        entry.replaced = True
+        return entry if entry.outcome.success else None
 
     def streams(self) -> list[str]:
         return list(self._entries)
 
     def entries(self, stream: str) -> list[Entry]:
+        """This run's entries of a stream."""
         return self._entries[stream]
 
     def positions(self) -> dict[str, int]:
@@ -166,17 +199,15 @@ class StateLedger:
     def _decided_prefix(self, stream: str) -> int:
         entries = self._entries[stream]
         count = self._prefix.get(stream, 0)
-        while count < len(entries) and (
-            entries[count].replaced or entries[count].outcome.success is not None
-        ):
+        while count < len(entries) and entries[count].outcome.success is not None:
             count += 1
         self._prefix[stream] = count
         return count
 
     def totals(self) -> tuple[int, int, int]:
-        """(entries, succeeded, failed) over all streams; entries still waiting are neither."""
+        """(entries, succeeded, failed) of this run; entries still waiting are neither."""
         read = written = failed = 0
-        for entries in self._entries.values():
+        for entries in list(self._entries.values()):
             for entry in entries:
                 read += 1
                 success = entry.outcome.success
@@ -187,12 +218,13 @@ class StateLedger:
         return read, written, failed
 
     def confirmed(self, stream: str) -> t.Iterator[Entry]:
-        """The stream's entries up to the first whose outcome is still unknown, in input order.
-
-        Nothing is reported ahead of a record whose request has not completed.
+        """What the state reports: earlier runs' entries no record of this run claimed, then every
+        decided entry of this run in input order. An entry still waiting for its answer is left
+        out (a stopped run's state may have gaps), so no entry claims what CBX1 did not confirm.
         """
-        decided = itertools.islice(self._entries[stream], self._decided_prefix(stream))
-        return (entry for entry in decided if not entry.replaced)
+        kept = (entry for entry in self._seeded.get(stream, []) if not entry.replaced)
+        decided = (entry for entry in self._entries[stream] if entry.outcome.success is not None)
+        return itertools.chain(kept, decided)
 
     def summary(self, stream: str) -> dict[str, int]:
         counts = dict.fromkeys(SUMMARY_KEYS, 0)
@@ -212,3 +244,17 @@ class StateLedger:
         out.write('},"summary":')
         out.write(encode_text({stream: self.summary(stream) for stream in streams}))
         out.write("}\n")
+
+
+def superseded_failures(entries: t.Sequence[Entry]) -> dict[str, Entry]:
+    """Failed entries (by hash) whose lookup key a later entry wrote: hash -> that later entry."""
+    newest_success: dict[str, int] = {}
+    for position, entry in enumerate(entries):
+        if entry.outcome.success and entry.lookup_key is not None:
+            newest_success[entry.lookup_key] = position
+    superseded = {}
+    for position, entry in enumerate(entries):
+        key = entry.lookup_key
+        if entry.outcome.success is False and key is not None and newest_success.get(key, -1) > position:
+            superseded[entry.hash] = entries[newest_success[key]]
+    return superseded

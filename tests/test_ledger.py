@@ -153,17 +153,73 @@ def test_same_hash_in_another_stream_is_not_a_duplicate() -> None:
     assert state_of(ledger)["summary"]["contacts"]["existing"] == 0
 
 
-def test_nothing_is_reported_ahead_of_a_record_still_in_flight() -> None:
+def test_a_record_still_in_flight_is_left_out_but_every_decided_one_is_reported() -> None:
     ledger = StateLedger()
     ledger.add("accounts", "h1", "A1").succeed("id-1")
     in_flight = ledger.add("accounts", "h2", "A2")
-    ledger.add("accounts", "h3", "A3").fail("boom")  # decided, but after h2 in input order
+    ledger.add("accounts", "h3", "A3").fail("boom")  # decided, after h2 in input order
     state = state_of(ledger)
-    assert [b["hash"] for b in state["bookmarks"]["accounts"]] == ["h1"]
-    assert state["summary"]["accounts"] == {"success": 1, "fail": 0, "existing": 0, "updated": 0}
+    assert [b["hash"] for b in state["bookmarks"]["accounts"]] == ["h1", "h3"]  # a gap, in input order
+    assert state["summary"]["accounts"] == {"success": 1, "fail": 1, "existing": 0, "updated": 0}
 
     in_flight.succeed("id-2")
     assert [b["hash"] for b in state_of(ledger)["bookmarks"]["accounts"]] == ["h1", "h2", "h3"]
+
+
+def resumed(bookmarks: list[dict[str, Any]]) -> StateLedger:
+    ledger = StateLedger()
+    ledger.seed({"bookmarks": {"contacts": bookmarks}})
+    return ledger
+
+
+def bookmark(record_hash: str, success: bool, key: str, crm_id: str) -> dict[str, Any]:
+    entry = {"hash": record_hash, "success": success, "id": f"id-{record_hash}" if success else None}
+    return {**entry, "externalId": crm_id, "lookupKey": key} | ({} if success else {"error": "boom"})
+
+
+def test_a_resumed_run_reports_in_its_own_input_order_every_record_once():
+    ledger = resumed([bookmark("a", True, "a@x.com", "1"), bookmark("b", True, "b@x.com", "2")])
+
+    entries = [
+        ledger.add("contacts", record_hash, crm_id)
+        for record_hash, crm_id in (("c", "3"), ("b", "2"), ("b", "2"))
+    ]
+    entries[0].succeed("id-c")
+
+    state = state_of(ledger)
+    assert [(b["hash"], b["id"]) for b in state["bookmarks"]["contacts"]] == [
+        ("a", "id-a"),  # not in this run's input: first
+        ("c", "id-c"),
+        ("b", "id-b"),  # confirmed earlier: its outcome at its own position, not sent again
+        ("b", "id-b"),  # an identical repeat of it in this run
+    ]
+    assert entries[1].success is True
+    assert entries[1].original is None
+    assert state["summary"]["contacts"] == {"success": 3, "fail": 0, "existing": 1, "updated": 0}
+
+
+def test_a_record_that_failed_earlier_is_sent_again_and_replaces_its_old_entry():
+    ledger = resumed([bookmark("a", False, "a@x.com", "1")])
+
+    entry = ledger.add("contacts", "a", "1")
+
+    assert entry.success is None  # to be sent
+    entry.succeed("id-new")
+    assert [(b["hash"], b["id"]) for b in state_of(ledger)["bookmarks"]["contacts"]] == [("a", "id-new")]
+
+
+def test_a_failure_superseded_by_a_later_write_of_its_key_is_not_sent_again():
+    ledger = resumed(
+        [bookmark("old", False, "ann@x.com", "0031"), bookmark("new", True, "ann@x.com", "0032")]
+    )
+
+    old = ledger.add("contacts", "old", "0031")
+
+    assert old.success is False
+    assert old.error is not None
+    assert old.error.startswith("superseded: a later record with lookupKey 'ann@x.com' (CRM id 0032)")
+    state = state_of(ledger)
+    assert [b["hash"] for b in state["bookmarks"]["contacts"]] == ["new", "old"]
 
 
 def test_summary_counts_sum_to_number_of_bookmark_entries() -> None:
@@ -178,7 +234,7 @@ def test_summary_counts_sum_to_number_of_bookmark_entries() -> None:
     state = state_of(ledger)
     for stream, bookmarks in state["bookmarks"].items():
         assert sum(state["summary"][stream].values()) == len(bookmarks)
-    assert len(state["bookmarks"]["accounts"]) == 4
+    assert len(state["bookmarks"]["accounts"]) == 5  # all but the undecided one
 
 
 def test_numeric_external_ids_serialise_exactly() -> None:

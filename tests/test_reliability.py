@@ -328,7 +328,7 @@ def test_failed_records_are_retried_on_resume_and_replace_their_old_entries(sand
 
     entries = second.entries("accounts")
     assert [entry["success"] for entry in entries] == [True] * 4
-    assert [entry["externalId"] for entry in entries] == ["2", "3", "0", "1"]  # seeded first, then this run
+    assert [entry["externalId"] for entry in entries] == ["0", "1", "2", "3"]  # this run's input order
     assert second.state["summary"]["accounts"] == {"success": 4, "fail": 0, "existing": 0, "updated": 0}
     assert [exchange.lookup_keys for exchange in sandbox.exchanges[-1:]] == [("company0.com", "company1.com")]
 
@@ -416,3 +416,57 @@ def test_no_secret_appears_in_any_output_of_faulty_runs_even_at_debug(sandbox, t
     saved = state_file.read_text()
     assert ACCESS_KEY not in saved
     assert not [token for token in sandbox.tokens if token in saved]
+
+
+def test_a_resume_gives_every_record_its_entry_in_this_runs_order(sandbox, tmp_path):
+    state_file = tmp_path / "state.json"
+    records = accounts(6)
+    messages = [records[0], records[1], records[1], *records[2:], records[3]]  # two identical repeats
+    first = run_command(
+        sandbox_config(sandbox), tmp_path, lines_of([ACCOUNTS_SCHEMA, records[3], records[1]])
+    )
+    state_file.write_text(first.stdout.splitlines()[-1])  # what a crashed run had confirmed
+    sent_before = len(sandbox.exchanges)
+
+    second = run_command(
+        sandbox_config(sandbox, incremental_state_path=str(state_file)),
+        tmp_path,
+        lines_of([ACCOUNTS_SCHEMA, *messages]),
+    )
+
+    assert second.returncode == 0, second.stderr
+    entries = second.entries("accounts")
+    assert [entry["externalId"] for entry in entries] == [m["record"]["crmAssociationId"] for m in messages]
+    assert all(entry["success"] for entry in entries)
+    resent = [key for exchange in sandbox.exchanges[sent_before:] for key in exchange.lookup_keys]
+    assert sorted(resent) == ["company0.com", "company2.com", "company4.com", "company5.com"]
+    assert second.state["summary"]["accounts"] == {"success": 6, "fail": 0, "existing": 2, "updated": 0}
+
+
+def test_a_resume_never_resends_a_failure_that_a_later_write_of_its_key_superseded(sandbox, tmp_path):
+    state_file = tmp_path / "state.json"
+    old = {
+        "type": "RECORD",
+        "stream": "accounts",
+        "record": {"crmAssociationId": "A1", "domain": "acme.com", "name": "Old"},
+    }
+    new = {
+        "type": "RECORD",
+        "stream": "accounts",
+        "record": {"crmAssociationId": "A2", "domain": "acme.com", "name": "New"},
+    }
+    config = sandbox_config(sandbox, incremental_state_path=str(state_file), max_concurrency=1)
+    sandbox.add_fault("body=html")  # the old record's answer is broken: it fails
+    first = run_command(config, tmp_path, lines_of([ACCOUNTS_SCHEMA, old, new]))
+    assert [entry["success"] for entry in first.entries("accounts")] == [False, True]
+    sent_before = len(sandbox.exchanges)
+
+    second = run_command(config, tmp_path, lines_of([ACCOUNTS_SCHEMA, old, new]))
+
+    assert second.returncode == 0, second.stderr
+    assert sandbox.exchanges[sent_before:] == []  # nothing is sent again
+    assert sandbox.records("accounts")["acme.com"].record["name"] == "New"
+    superseded, written = second.entries("accounts")
+    assert superseded["success"] is False
+    assert "superseded: a later record with lookupKey 'acme.com' (CRM id A2)" in superseded["error"]
+    assert written["success"] is True
