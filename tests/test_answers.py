@@ -155,3 +155,37 @@ def test_a_missing_endpoint_holds_back_the_taps_state_in_singer_mode(sandbox, tm
 
     assert result.returncode == 1
     assert result.stdout == ""  # Meltano's bookmark must not move past records never written
+
+
+def test_conflicting_results_from_the_sandbox_fail_only_that_record(sandbox, tmp_path):
+    sandbox.add_fault("conflict")
+
+    result = run_command(
+        sandbox_config(sandbox), tmp_path, lines_of([schema("accounts"), *(account(n) for n in range(5))])
+    )
+
+    assert result.returncode == 0, result.stderr
+    failed = [e for e in result.entries("accounts") if not e["success"]]
+    assert len(failed) == 1
+    assert failed[0]["error"].startswith("CBX1 returned conflicting results for lookupKey")
+    assert sum(e["success"] for e in result.entries("accounts")) == 4
+
+
+@pytest.mark.parametrize(
+    ("canned", "error"),
+    [("@upsert-false", "Rejected by rule"), ("@data-null", "no id"), ("@no-data", "no id")],
+)
+def test_an_upsert_answer_that_confirms_nothing_is_a_failure_end_to_end(sandbox, tmp_path, canned, error):
+    sandbox.add_fault(f"answer={canned}")
+
+    result = run_command(
+        sandbox_config(sandbox, process_as_batch=False, max_concurrency=1),
+        tmp_path,
+        lines_of([schema("accounts"), account(1), account(2)]),
+    )
+
+    assert result.returncode == 0, result.stderr
+    first, second = result.entries("accounts")
+    assert first["success"] is False
+    assert error in first["error"]
+    assert second["success"] is True

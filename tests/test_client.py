@@ -230,7 +230,7 @@ def test_a_403_stops_the_run_with_a_permissions_message(api):
     [
         ({"success": False, "error": "email taken"}, "CBX1 rejected the record: email taken"),
         ({"success": "true", "id": "x"}, "CBX1 rejected the record: (no reason given)"),
-        (None, "without the record's id"),
+        (None, "returned no id for the record (no data)"),
         ({}, "returned no id for the record"),
         ({"id": None}, "returned no id for the record"),
     ],

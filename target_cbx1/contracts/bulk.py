@@ -44,7 +44,7 @@ class BulkContract(Contract):
     def single_outcome(self, path: str, data: t.Any, key: str) -> Outcome:
         """A success needs CBX1's id; `success` other than true, or no id, fails the record."""
         if not isinstance(data, dict):
-            return Outcome(False, error=f"CBX1 answered {path} without the record's id (no data object)")
+            return Outcome(False, error=f"CBX1 answered {path} but returned no id for the record (no data)")
         answer = read_data(UpsertData, path, data)
         if answer.success is not None and answer.success is not True:
             return Outcome(False, error=f"CBX1 rejected the record: {reason(answer.error)}")
