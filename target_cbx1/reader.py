@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import decimal
+import gzip
 import json
 import re
 import sys
@@ -16,6 +17,7 @@ from singer_sdk.exceptions import (
     RecordsWithoutSchemaException,
     StreamMapConfigError,
 )
+from singer_sdk.helpers._batch import StorageTarget
 from singer_sdk.singerlib.encoding import SimpleSingerReader
 from singer_sdk.singerlib.exceptions import InvalidInputLine, SingerReadError
 
@@ -177,3 +179,20 @@ def _without_lone_surrogates(value: t.Any) -> tuple[t.Any, int]:
         items = [_without_lone_surrogates(item) for item in value]
         return [item for item, _ in items], sum(changes for _, changes in items)
     return value, 0
+
+
+def batch_file_lines(url: str, compression: str | None) -> t.Iterator[bytes]:
+    """The lines of one BATCH manifest file (file:// or another fsspec URL), plain or gzip.
+
+    Raises InvalidInputLine when the file cannot be read.
+    """
+    try:
+        head, tail = StorageTarget.split_url(url)
+        with StorageTarget.from_url(head).open(tail, mode="rb") as file:
+            if compression == "gzip":
+                with gzip.open(file) as unpacked:
+                    yield from unpacked
+            else:
+                yield from file
+    except (OSError, EOFError, ValueError) as exc:
+        raise InvalidInputLine(f"the BATCH file {url} cannot be read ({exc})") from None

@@ -21,8 +21,10 @@ from singer_sdk.exceptions import (
 )
 from singer_sdk.helpers.capabilities import TARGET_VALIDATE_RECORDS_CONFIG
 from singer_sdk.plugin_base import _ConfigInput
+from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
 
+from target_cbx1 import jsonio
 from target_cbx1.client import ApiSink
 from target_cbx1.context import RunContext
 from target_cbx1.dryrun import DryRun
@@ -30,7 +32,7 @@ from target_cbx1.errors import StopRequested
 from target_cbx1.incremental import IncrementalStateFile, state_file_path, write_atomically
 from target_cbx1.ledger import StateLedger
 from target_cbx1.progress import Progress
-from target_cbx1.reader import INPUT_ERRORS, NumberedLineReader
+from target_cbx1.reader import INPUT_ERRORS, NumberedLineReader, batch_file_lines
 from target_cbx1.redaction import install_log_masking
 from target_cbx1.session import ApiSession
 from target_cbx1.settings import CONFIG_SCHEMA, Settings
@@ -148,16 +150,38 @@ class TargetCBX1(Target):
     def _process_record_message(self, message_dict: dict) -> None:
         """Hand each record to its sink as received: no timestamp rewriting, bad records fail alone."""
         self._assert_line_requires(message_dict, requires={"stream", "record"})
-        stream_name = message_dict["stream"]
+        received = message_dict["record"]
+        where = f"line {self.reader.line_number}: the RECORD's record"
+        self._take_record(
+            message_dict["stream"], received, self.reader.problem or not_an_object(where, received)
+        )
+
+    def _process_batch_message(self, message_dict: dict) -> None:
+        """A BATCH message: each record of its JSONL files (plain or gzip) is taken as a RECORD is,
+        read one line at a time. A line that is not a JSON object fails as that record.
+        """
+        self._assert_line_requires(message_dict, requires={"stream", "encoding", "manifest"})
+        encoding = message_dict["encoding"] if isinstance(message_dict["encoding"], dict) else {}
+        if encoding.get("format") != "jsonl":
+            raise InvalidInputLine(
+                f"BATCH files of format {encoding.get('format')!r} cannot be read: only jsonl (plain or "
+                "gzip) is; have the tap write jsonl batches, or plain RECORD messages"
+            )
+        for url in message_dict["manifest"]:
+            for number, line in enumerate(batch_file_lines(str(url), encoding.get("compression")), start=1):
+                if not line.strip():
+                    continue
+                where = f"{url} line {number}"
+                try:
+                    received, problem = jsonio.decode(line), None
+                except (jsonio.DecodeError, RecursionError) as exc:
+                    received, problem = line.decode("utf-8", "replace"), f"{where} is not valid JSON ({exc})"
+                self._take_record(message_dict["stream"], received, problem or not_an_object(where, received))
+
+    def _take_record(self, stream_name: str, received: t.Any, problem: str | None) -> None:
+        """One record as received, to each sink its stream maps to; with a `problem`, it fails there."""
         if stream_name not in self.mapper.stream_maps:
             self._assert_sink_exists(stream_name)
-        received = message_dict["record"]
-        problem = self.reader.problem
-        if problem is None and not isinstance(received, dict):
-            problem = (
-                f"line {self.reader.line_number}: the RECORD's record is {type(received).__name__}, "
-                "not an object, so it was not sent"
-            )
         for stream_map in self.mapper.stream_maps[stream_name]:
             if problem is not None:  # the record cannot be mapped or sent: it fails in every sink
                 self._assert_sink_exists(stream_map.stream_alias)
@@ -412,3 +436,10 @@ def exit_status_after(stop_reason: str) -> int:
         return 128 + signal.Signals[stop_reason].value
     except KeyError:
         return 1
+
+
+def not_an_object(where: str, received: t.Any) -> str | None:
+    """The failure of a record that is not a JSON object; None for one that is."""
+    if isinstance(received, dict):
+        return None
+    return f"{where} is {type(received).__name__}, not an object, so it was not sent"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 
@@ -131,3 +132,52 @@ def test_records_read_before_a_line_that_is_not_json_are_still_sent_and_reported
     assert [e["lookupKey"] for e in result.entries("accounts")] == ["c10.com", "c11.com"]
     assert all(e["success"] for e in result.entries("accounts"))
     assert set(sandbox.records("accounts")) == {"c10.com", "c11.com"}
+
+
+def batch_message(*urls: str, compression: str | None = "gzip") -> dict:
+    return {
+        "type": "BATCH",
+        "stream": "accounts",
+        "encoding": {"format": "jsonl", "compression": compression},
+        "manifest": list(urls),
+    }
+
+
+def test_batch_files_are_read_record_by_record_each_with_its_entry(sandbox, tmp_path):
+    records = [{"crmAssociationId": f"B{n}", "domain": f"batch{n}.com"} for n in range(30)]
+    plain = tmp_path / "part-1.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in records[:10]) + "not json\n[1]\n")
+    packed = tmp_path / "part-2.jsonl.gz"
+    packed.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in records[10:]).encode()))
+    messages = [SCHEMA, batch_message(plain.as_uri(), compression=None), batch_message(packed.as_uri())]
+
+    result = run_command(sandbox_config(sandbox), tmp_path, lines_of(messages) + account_line(99) + "\n")
+
+    assert result.returncode == 0, result.stderr
+    entries = result.entries("accounts")
+    assert [e["externalId"] for e in entries] == [f"B{n}" for n in range(10)] + [None, None] + [
+        f"B{n}" for n in range(10, 30)
+    ] + ["A99"]
+    assert "line 11 is not valid JSON" in entries[10]["error"]
+    assert "line 12 is list, not an object" in entries[11]["error"]
+    assert sum(e["success"] for e in entries) == 31
+    assert len(sandbox.records("accounts")) == 31
+
+
+def test_a_batch_file_that_cannot_be_read_stops_the_run_naming_it(sandbox, tmp_path):
+    missing = (tmp_path / "gone.jsonl.gz").as_uri()
+
+    result = run_command(sandbox_config(sandbox), tmp_path, lines_of([SCHEMA, batch_message(missing)]))
+
+    assert result.returncode == 1
+    assert f"line 2: the BATCH file {missing} cannot be read" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_batch_format_other_than_jsonl_stops_the_run_naming_it(sandbox, tmp_path):
+    message = {**batch_message("file:///x.parquet"), "encoding": {"format": "parquet"}}
+
+    result = run_command(sandbox_config(sandbox), tmp_path, lines_of([SCHEMA, message]))
+
+    assert result.returncode == 1
+    assert "BATCH files of format 'parquet' cannot be read" in result.stderr
