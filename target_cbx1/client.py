@@ -19,6 +19,7 @@ from target_cbx1.contracts.base import Outcome
 from target_cbx1.errors import ApiOutageError, RejectedError, RequestFailedError
 from target_cbx1.pipeline import RequestPool
 from target_cbx1.records import RecordRejectedError, record_hash
+from target_cbx1.repair import repaired
 from target_cbx1.responses import read_answer
 from target_cbx1.validation import CompiledValidator
 
@@ -126,6 +127,9 @@ class ApiSink(Sink):
         entry = self.run.ledger.add(self.stream_name, record_hash(received), self.route.external_id(record))
         if entry.success is not None or entry.original is not None:
             return  # decided by an earlier run of this job, or identical to an earlier record
+        if self.settings.repair_text:
+            record, count = repaired(record)
+            self.stats.repaired += count
         try:
             if self._validator is not None:
                 self._validator.validate(record)

@@ -27,6 +27,7 @@ class StreamStats:
     """What a stream sent: records, requests and retries, and since when (for the summary table)."""
 
     sent: int = 0
+    repaired: int = 0  # text values repair_text fixed
     counts: RequestCounts = field(default_factory=RequestCounts)
     started_at: float = field(default_factory=time.monotonic)
 

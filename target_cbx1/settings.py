@@ -129,6 +129,12 @@ class Settings(BaseModel):
         description="An object (or a JSON string of one) merged into every payload's `metadata` object "
         "(an envelope's top level).",
     )
+    repair_text: bool = setting(
+        False,
+        description="Fix mojibake (UTF-8 text that was decoded as Latin-1 or Windows-1252 upstream, such "
+        "as CafÃ© for Café) in every text value with ftfy before sending. Off by default: it changes "
+        "valid text that merely looks like mojibake. Bytes that are not UTF-8 are always replaced.",
+    )
     inject_batch_ids: bool = setting(
         False,
         description="Add hgBatchId (md5 of JOB_ROOT:stream:chunk index) to every payload and "

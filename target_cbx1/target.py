@@ -296,6 +296,11 @@ class TargetCBX1(Target):
                 stream,
                 count,
             )
+        for stream, stats in sorted(self.run_context.all_stats().items()):
+            if stats.repaired:
+                self.logger.info(
+                    "Stream %r: repair_text fixed mojibake in %d text values", stream, stats.repaired
+                )
         if self.dry_run is not None:
             self.dry_run.print_summary(self.ledger)
         else:

@@ -6,6 +6,8 @@ import gzip
 import json
 import subprocess
 
+import pytest
+
 from target_cbx1.sandbox import Sandbox
 from tests.conftest import ACCOUNT_SCHEMA, lines_of, sandbox_config
 from tests.test_end_to_end import COMMAND, Result, env_with, run_command
@@ -181,3 +183,17 @@ def test_a_batch_format_other_than_jsonl_stops_the_run_naming_it(sandbox, tmp_pa
 
     assert result.returncode == 1
     assert "BATCH files of format 'parquet' cannot be read" in result.stderr
+
+
+@pytest.mark.parametrize("repair", [True, False])
+def test_mojibake_is_fixed_only_when_repair_text_is_on(sandbox, tmp_path, repair):
+    line = account_line(20, "CafÃ© MÃ¼nchen")
+
+    result = run_command(
+        sandbox_config(sandbox, repair_text=repair), tmp_path, lines_of([SCHEMA]) + line + "\n"
+    )
+
+    assert result.returncode == 0, result.stderr
+    stored = sandbox.records("accounts")["c20.com"].record["name"]
+    assert stored == ("Café München" if repair else "CafÃ© MÃ¼nchen")
+    assert ("repair_text fixed mojibake in 1 text values" in result.stderr) is repair

@@ -18,6 +18,7 @@ from target_cbx1.records import (
     normalise_email,
     record_hash,
 )
+from target_cbx1.repair import repaired
 
 NO_OPTIONS = PayloadOptions(add_stream_key=False, metadata=None)
 DOMAIN = LookupRule.named("domain")
@@ -292,3 +293,15 @@ def test_an_international_domain_is_sent_as_written_and_matched_as_ascii():
 def test_an_international_email_domain_is_matched_as_ascii():
     assert EMAIL.key_of("Ann@München.de") == "ann@xn--mnchen-3ya.de"
     assert EMAIL.key_of("ann\u200d@acme.com") == "ann@acme.com"
+
+
+def test_repair_fixes_mojibake_in_nested_text_and_leaves_clean_text_alone():
+    record = {"name": "CafÃ©", "tags": ["MÃ¼nchen", "plain"], "nested": {"city": "Zürich"}, "n": 3}
+
+    fixed, count = repaired(record)
+
+    assert fixed == {"name": "Café", "tags": ["München", "plain"], "nested": {"city": "Zürich"}, "n": 3}
+    assert count == 2
+    clean = {"name": "Acme", "city": "Zürich"}
+    assert repaired(clean) == (clean, 0)
+    assert repaired(clean)[0] is clean
