@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import functools
+import hashlib
 import logging
 import time
 import typing as t
@@ -16,10 +17,10 @@ from singer_sdk.sinks import Sink
 from target_cbx1 import jsonio
 from target_cbx1.context import HasRunContext
 from target_cbx1.contracts.base import Outcome
-from target_cbx1.errors import ApiOutageError, RejectedError, RequestFailedError
+from target_cbx1.errors import ApiOutageError, EndpointMissingError, RejectedError, RequestFailedError
 from target_cbx1.pipeline import RequestPool
 from target_cbx1.records import RecordRejectedError, record_hash
-from target_cbx1.repair import repaired
+from target_cbx1.repair import map_texts, without_mojibake
 from target_cbx1.responses import read_answer
 from target_cbx1.validation import CompiledValidator
 
@@ -33,6 +34,10 @@ State = dict[str, t.Any]
 MISSING_ENDPOINT_STATUSES = frozenset({404, 405})  # a wrong URL: no record of the stream can fix it
 # What hgBatchId adds to a payload's JSON: ,"hgBatchId":"<32 hex digits>"
 BATCH_ID_BYTES = len(jsonio.encode({"hgBatchId": "0" * 32})) - 1
+
+
+def repeated_miss(exc: RequestFailedError) -> bool:
+    return isinstance(exc, EndpointMissingError) and exc.repeated
 
 
 def missing_endpoint(url: str, exc: RejectedError, stream: str) -> str:
@@ -127,10 +132,10 @@ class ApiSink(Sink):
         entry = self.run.ledger.add(self.stream_name, record_hash(received), self.route.external_id(record))
         if entry.success is not None or entry.original is not None:
             return  # decided by an earlier run of this job, or identical to an earlier record
-        if self.settings.repair_text:
-            record, count = repaired(record)
-            self.stats.repaired += count
         try:
+            if self.settings.repair_text:
+                record, count = map_texts(record, without_mojibake)
+                self.stats.repaired += count
             if self._validator is not None:
                 self._validator.validate(record)
             key, payload = self.route.prepare(record)
@@ -142,6 +147,11 @@ class ApiSink(Sink):
         except RecordRejectedError as exc:
             entry.lookup_key = exc.lookup_key
             entry.fail(str(exc))
+            return
+        except RecursionError:
+            entry.fail(
+                "the record is nested too deeply to prepare, so it was not sent; fix the tap or the ETL"
+            )
             return
         entry.lookup_key = key
         self.enqueue(pending)
@@ -173,12 +183,16 @@ class ApiSink(Sink):
             self.contract.single_body(payloads[0]) if self.sends_alone else self.contract.batch_body(payloads)
         )
 
-    def refuse(self, received: t.Any, error: str) -> None:
-        """A record that cannot be sent as it came (not an object, NaN, nested too deep): it fails."""
+    def refuse(self, received: t.Any, error: str, line: bytes) -> None:
+        """A record that cannot be sent as it came (not an object, NaN, nested too deeply): it fails,
+        entered by the hash of its input line and never merged with another record.
+        """
         self.tally_record_read()
         external_id = self.route.external_id(received) if isinstance(received, dict) else None
-        entry = self.run.ledger.add(self.stream_name, record_hash(received), external_id)
-        if entry.success is None and entry.original is None:
+        entry = self.run.ledger.add(
+            self.stream_name, hashlib.sha256(line).hexdigest(), external_id, alone=True
+        )
+        if entry.success is None:
             entry.fail(error)
 
     @abc.abstractmethod
@@ -218,17 +232,17 @@ class ApiSink(Sink):
         a 404 or 405 the stream's endpoint is missing: nothing more of the stream is sent, and its
         requests fail at once with the message that names the URL.
         """
-        stopped = self.run.stopped_streams.get(self.stream_name)
-        if stopped is not None:
-            raise RequestFailedError(stopped)
+        missing = self.run.missing_endpoints.get(path)
+        if missing is not None:
+            raise EndpointMissingError(missing, repeated=True)
         try:
             response = self.run.session.post(path, jsonio.encode(body), self.stats.counts)
         except RejectedError as exc:
             if exc.status not in MISSING_ENDPOINT_STATUSES:
                 raise
             message = missing_endpoint(self.run.session.url(path), exc, self.stream_name)
-            self.run.stopped_streams.setdefault(self.stream_name, message)
-            raise RequestFailedError(message) from None
+            self.run.missing_endpoints.setdefault(path, message)
+            raise EndpointMissingError(message, repeated=False) from None
         return read_answer(response)
 
     def upsert_record(self, record: Payload, context: dict) -> tuple[str | None, bool, State]:
@@ -244,7 +258,10 @@ class ApiSink(Sink):
             answer = self.post(path, self.contract.single_body(record))
             outcome = self.contract.single_outcome(path, answer.get("data"), key)
         except RequestFailedError as exc:
-            self.finish_request(path, 1, started, 1, str(exc))
+            if repeated_miss(exc):
+                self.run.checkpoint()
+            else:
+                self.finish_request(path, 1, started, 1, str(exc))
             outcome = Outcome(False, error=str(exc))
         else:
             self.finish_request(path, 1, started, 0 if outcome.success else 1)
@@ -289,11 +306,16 @@ class ApiSink(Sink):
         else:
             entry.fail(state.get("error") or "CBX1 did not write the record (no reason given)")
 
-    def fail_all(self, batch: t.Sequence[Pending], path: str, started: float, error: str) -> None:
+    def fail_all(
+        self, batch: t.Sequence[Pending], path: str, started: float, error: str, *, log: bool = True
+    ) -> None:
         """The whole request failed: each of its records fails with the reason."""
         for pending in batch:
             pending.entry.fail(error)
-        self.finish_request(path, len(batch), started, len(batch), error)
+        if log:
+            self.finish_request(path, len(batch), started, len(batch), error)
+        else:
+            self.run.checkpoint()
 
     def finish_request(
         self, path: str, count: int, started: float, failed: int, error: str | None = None

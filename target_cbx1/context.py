@@ -58,9 +58,7 @@ class RunContext:
         self.checkpoint = checkpoint
         self.output_mapped_record = os.environ.get("OUTPUT_MAPPED_RECORD", "").lower() == "true"
         self.requests = RunRequests(lambda: session.stop_signal, session.stop)
-        self.stopped_streams: dict[
-            str, str
-        ] = {}  # stream -> why it sends nothing more (its endpoint is missing)
+        self.missing_endpoints: dict[str, str] = {}  # path -> why nothing more is sent there (404/405)
         self._stats: dict[str, StreamStats] = {}
         self._chunks: dict[str, int] = {}
         self._lock = threading.Lock()

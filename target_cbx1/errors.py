@@ -21,6 +21,17 @@ class RejectedError(RequestFailedError):
         self.server_message = server_message
 
 
+class EndpointMissingError(RequestFailedError):
+    """CBX1 has no endpoint at a path (404/405): every request to it fails, without being sent again.
+
+    `repeated`: the path was already known to be missing, so nothing new is to be logged.
+    """
+
+    def __init__(self, message: str, *, repeated: bool) -> None:
+        super().__init__(message)
+        self.repeated = repeated
+
+
 class TransientError(RequestFailedError):
     """A failure worth retrying (408, 429, 5xx, network); retry_after is the server's wish in s."""
 

@@ -102,6 +102,7 @@ def write_atomically(path: Path, write: t.Callable[[t.IO[str]], object]) -> None
     ) as temp:
         try:
             write(temp)
+            temp.flush()  # here, not at close: a full disk must not leave the temporary file behind
         except BaseException:
             temp.close()
             Path(temp.name).unlink(missing_ok=True)

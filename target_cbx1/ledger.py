@@ -58,11 +58,16 @@ class Entry:
         return entry
 
     def succeed(self, cbx1_id: str | None, *, updated: bool = False, existing: bool = False) -> None:
-        """CBX1 holds the record; `existing`: it already held the same data (SKIPPED), nothing was written."""
-        self.success, self.id, self.updated, self.existing = True, cbx1_id, updated, existing
+        """CBX1 holds the record; `existing`: it already held the same data (SKIPPED), nothing was written.
+
+        `success` is set last: a state saved from another thread meanwhile never holds half an outcome.
+        """
+        self.id, self.updated, self.existing = cbx1_id, updated, existing
+        self.success = True
 
     def fail(self, error: str) -> None:
-        self.success, self.error = False, error
+        self.error = error
+        self.success = False
 
     @property
     def outcome(self) -> Entry:
@@ -146,12 +151,18 @@ class StateLedger:
         self._entries.setdefault(stream, [])
         self._by_hash.setdefault(stream, {})
 
-    def add(self, stream: str, record_hash: str, external_id: t.Any) -> Entry:
+    def add(self, stream: str, record_hash: str, external_id: t.Any, *, alone: bool = False) -> Entry:
         """This run's entry for a record. It is to be sent only while it is undecided and has no
         `original` (an identical record earlier in this run): an entry an earlier run of the job
-        decided (confirmed, or superseded) comes back decided.
+        decided (confirmed, or superseded) comes back decided. An entry `alone` (a record that cannot
+        be sent) is never an identical repeat, nor takes an earlier outcome.
         """
         self.open_stream(stream)
+        if alone:
+            self._claim(stream, record_hash)
+            entry = Entry(record_hash, external_id)
+            self._entries[stream].append(entry)
+            return entry
         claimed = self._claim(stream, record_hash)
         first = self._by_hash[stream].get(record_hash)
         entry = Entry(record_hash, external_id, original=first)

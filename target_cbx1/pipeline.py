@@ -29,6 +29,13 @@ class RunRequests:
         self.stop_signal = stop_signal
         self.stop = stop
 
+    def raise_error(self) -> None:
+        """Raise the error that stopped a request, if one did (before reading on, say)."""
+        with self.changed:
+            error = self.error
+        if error is not None and not isinstance(error, StopRequested):
+            raise error
+
 
 class RequestPool:
     """Runs one stream's requests on up to `size` daemon threads while the caller reads on.
@@ -38,8 +45,8 @@ class RequestPool:
 
     A request waits until fewer than `size` are in flight and no request of the run holds one of
     its lookup keys, so the upserts of one key stay in input order. An error that must stop the run
-    (an outage, refused credentials, a redirect, a signal), in any stream, is raised again in the
-    caller's thread at its next call to any pool.
+    (an outage, refused credentials, a redirect), in any stream, stops the run's waits and is raised
+    again in the caller's thread at its next call to any pool (or `RunRequests.raise_error`).
     """
 
     def __init__(self, size: int, name: str, run: RunRequests) -> None:

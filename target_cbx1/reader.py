@@ -22,6 +22,7 @@ from singer_sdk.singerlib.encoding import SimpleSingerReader
 from singer_sdk.singerlib.exceptions import InvalidInputLine, SingerReadError
 
 from target_cbx1 import jsonio
+from target_cbx1.repair import map_texts, without_lone_surrogates
 
 # Errors that mean the input (or a stream map applied to it) is wrong: the run stops, naming the line.
 INPUT_ERRORS = (
@@ -51,6 +52,7 @@ class NumberedLineReader(SimpleSingerReader):
         self.line_number = 0
         self.before_line: t.Callable[[], None] = lambda: None
         self.problem: str | None = None
+        self.raw_line = b""
         self.repairs: collections.Counter[str] = collections.Counter()
 
     def process_lines(
@@ -62,6 +64,7 @@ class NumberedLineReader(SimpleSingerReader):
             self.before_line()
             if not line.strip():
                 continue
+            self.raw_line = line
             message = self.parse(line.removeprefix(BOM.encode()) if number == 1 else line)
             kind = message.get("type")
             callback = callbacks.get(kind) if isinstance(kind, str) else None
@@ -78,59 +81,79 @@ class NumberedLineReader(SimpleSingerReader):
         return stats
 
     def parse(self, line: bytes) -> dict:
-        """The message on a line; fast for clean JSON, lenient for a line that can still be saved."""
-        self.problem = None
+        """The Singer message on a line. A RECORD that cannot be sent as it is (NaN, nested too
+        deeply) comes back with `problem` saying why; any other unreadable line raises InvalidInputLine.
+        """
+        where = f"line {self.line_number}"
         try:
-            message = jsonio.decode(line)
-        except (jsonio.DecodeError, RecursionError):
-            message = self._parse_leniently(line)
-        if not isinstance(message, dict):
-            raise InvalidInputLine(
-                f"line {self.line_number} is JSON but not an object; it starts {shown(line)}"
-            )
+            reading = read_json(line, where)
+        except ValueError as exc:
+            raise InvalidInputLine(f"{where} is not valid JSON ({exc}); it starts {shown(line)}") from None
+        message = reading.value
+        if message is None:  # nested too deeply to read: a RECORD whose stream can be told fails alone
+            message = self._record_of_its_stream(line, where)
+        elif not isinstance(message, dict):
+            raise InvalidInputLine(f"{where} is JSON but not an object; it starts {shown(line)}")
+        if reading.problem is not None and message.get("type") != "RECORD":
+            raise InvalidInputLine(reading.problem)
+        self.problem = (
+            reading.problem and f"{reading.problem}, so the record was not sent; fix the tap or the ETL"
+        )
+        if reading.repaired:
+            self.repairs[str(message.get("stream"))] += 1
         return message
+
+    def parse_record(self, line: bytes, stream: str, where: str) -> tuple[t.Any, str | None]:
+        """(record, problem) of one line of a BATCH file: a line that cannot be sent fails as its record."""
+        try:
+            reading = read_json(line, where)
+        except ValueError as exc:
+            return line.decode("utf-8", "replace"), f"{where} is not valid JSON ({exc}), so it was not sent"
+        if reading.repaired:
+            self.repairs[stream] += 1
+        return reading.value, reading.problem and f"{reading.problem}, so the record was not sent"
 
     def deserialize_json(self, line: str) -> dict:
         """The SDK's hook, for callers that hand over text."""
         return self.parse(line.encode("utf-8", "surrogatepass"))
 
-    def _parse_leniently(self, line: bytes) -> t.Any:
-        text = line.decode("utf-8", "replace")
-        replaced = text.count(REPLACEMENT) - line.count(REPLACEMENT.encode())
-        constants: list[str] = []
-        try:
-            message = json.loads(text, parse_float=decimal.Decimal, parse_constant=_remember(constants))
-        except RecursionError:
-            return self._too_deep(line)
-        except ValueError as exc:
-            raise InvalidInputLine(
-                f"line {self.line_number} is not valid JSON ({exc}); it starts {shown(line)}"
-            ) from None
-        message, surrogates = _without_lone_surrogates(message)
-        if isinstance(message, dict) and (replaced or surrogates):
-            self.repairs[str(message.get("stream"))] += 1
-        if constants and isinstance(message, dict) and message.get("type") == "RECORD":
-            self.problem = (
-                f"line {self.line_number}: the record holds {', '.join(sorted(set(constants)))}, which JSON "
-                "does not allow and CBX1 cannot store, so it was not sent; fix the tap or the ETL"
-            )
-        elif constants:
-            raise InvalidInputLine(f"line {self.line_number} holds {constants[0]}, which JSON does not allow")
-        return message
-
-    def _too_deep(self, line: bytes) -> dict:
-        """A line nested too deeply to read: a RECORD whose stream can be told fails alone."""
+    def _record_of_its_stream(self, line: bytes, where: str) -> dict:
         stream = _STREAM.search(line)
         if stream is None or b'"RECORD"' not in line:
-            raise InvalidInputLine(
-                f"line {self.line_number} is nested too deeply to read; it starts {shown(line)}"
-            )
-        self.problem = (
-            f"line {self.line_number}: the record is nested too deeply to read (more than "
-            f"{sys.getrecursionlimit()} levels), so it was not sent"
-        )
-        name = json.loads(b'"' + stream.group(1) + b'"')
-        return {"type": "RECORD", "stream": name, "record": {}}
+            raise InvalidInputLine(f"{where} is nested too deeply to read; it starts {shown(line)}")
+        return {"type": "RECORD", "stream": json.loads(b'"' + stream.group(1) + b'"'), "record": None}
+
+
+class Reading(t.NamedTuple):
+    """A line read as JSON: its value (None when nested too deeply to read), why the record it holds
+    cannot be sent as it is, and whether bad characters in it were replaced.
+    """
+
+    value: t.Any
+    problem: str | None = None
+    repaired: bool = False
+
+
+def read_json(line: bytes, where: str) -> Reading:
+    """A line's JSON, fast for clean input; leniently for bytes that are not UTF-8, lone surrogates,
+    NaN/Infinity and deep nesting. Raises ValueError for a line that is not JSON at all.
+    """
+    try:
+        return Reading(jsonio.decode(line))
+    except (jsonio.DecodeError, RecursionError):
+        pass
+    text = line.decode("utf-8", "replace")
+    replaced = text.count(REPLACEMENT) > line.count(REPLACEMENT.encode())
+    constants: list[str] = []
+    try:
+        value = json.loads(text, parse_float=decimal.Decimal, parse_constant=_remember(constants))
+        value, surrogates = map_texts(value, without_lone_surrogates)
+    except RecursionError:
+        return Reading(None, f"{where}: the record is nested too deeply to read", replaced)
+    problem = None
+    if constants:
+        problem = f"{where}: the record holds {', '.join(sorted(set(constants)))}, which JSON does not allow"
+    return Reading(value, problem, replaced or surrogates > 0)
 
 
 def lines_of(file_input: t.IO[str] | None) -> t.Iterator[bytes]:
@@ -144,6 +167,19 @@ def lines_of(file_input: t.IO[str] | None) -> t.Iterator[bytes]:
         yield line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
 
 
+def json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words: null, true/false, a number, text, a list, an object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float, decimal.Decimal)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "an object"
+
+
 def shown(line: bytes) -> str:
     return repr(line[:60].decode("utf-8", "replace"))
 
@@ -153,32 +189,6 @@ def _remember(constants: list[str]) -> t.Callable[[str], None]:
         constants.append(name)
 
     return constant
-
-
-def _without_lone_surrogates(value: t.Any) -> tuple[t.Any, int]:
-    """The value with every lone surrogate in its strings (keys too) replaced by U+FFFD, and how
-    many strings changed.
-    """
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            repaired = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-            return repaired, 1
-        return value, 0
-    if isinstance(value, dict):
-        changed = 0
-        repaired_dict = {}
-        for key, item in value.items():
-            new_key, key_changes = _without_lone_surrogates(key)
-            new_item, item_changes = _without_lone_surrogates(item)
-            repaired_dict[new_key] = new_item
-            changed += key_changes + item_changes
-        return repaired_dict, changed
-    if isinstance(value, list):
-        items = [_without_lone_surrogates(item) for item in value]
-        return [item for item, _ in items], sum(changes for _, changes in items)
-    return value, 0
 
 
 def batch_file_lines(url: str, compression: str | None) -> t.Iterator[bytes]:

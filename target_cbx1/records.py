@@ -7,6 +7,8 @@ import re
 import typing as t
 from dataclasses import dataclass
 
+import idna
+
 from target_cbx1 import jsonio
 
 ACCOUNT_STREAM_HINTS = ("account", "compan")
@@ -46,7 +48,8 @@ def normalise_email(value: str) -> str:
 
 
 def ascii_form(text: str) -> str:
-    """The form international domains are compared in: münchen.de and xn--mnchen-3ya.de are one.
+    """The form international domains are compared in (IDNA 2008, as browsers and registries use):
+    münchen.de and xn--mnchen-3ya.de are one, and straße.de is xn--strae-oqa.de, not strasse.de.
 
     An email's domain part is converted too; text that IDNA cannot encode stays as it is.
     """
@@ -54,8 +57,8 @@ def ascii_form(text: str) -> str:
         return text
     local, at, domain = text.rpartition("@")
     try:
-        return local + at + domain.encode("idna").decode("ascii")
-    except UnicodeError:
+        return local + at + idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
         return text
 
 
@@ -107,10 +110,10 @@ class LookupRule:
                 "key CBX1 upserts by, so it was not sent"
             )
         if isinstance(value, bool) or not isinstance(value, (str, int)):
-            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            shown = jsonio.encode_text(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise RecordRejectedError(
-                f"{self.field} must be text (or a whole number), not {type(value).__name__} {shown}, "
-                "so it was not sent"
+                f"{self.field} must be text (or a whole number), not {shown}, so it was not sent"
             )
         if not self.checked or self.kind == "text":
             return self.normalise(value)

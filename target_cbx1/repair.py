@@ -1,4 +1,4 @@
-"""repair_text: mojibake in a record's text (UTF-8 that was decoded as Latin-1 upstream) fixed with ftfy."""
+"""Text repair in decoded records: lone surrogates always, mojibake with ftfy when repair_text is on."""
 
 from __future__ import annotations
 
@@ -6,25 +6,42 @@ import typing as t
 
 import ftfy
 
+Fix = t.Callable[[str], str]
 
-def repaired(value: t.Any) -> tuple[t.Any, int]:
-    """The value with mojibake fixed in every text it holds (keys stay as they are), and how many
-    texts changed. ASCII text cannot be mojibake and is passed over at once.
+
+def map_texts(value: t.Any, fix: Fix) -> tuple[t.Any, int]:
+    """The value with `fix` applied to every text it holds (keys stay as they are), and how many
+    texts changed; containers are copied only where something changed.
+
+    Raises RecursionError for a value nested too deeply to walk (its record then fails).
     """
     if isinstance(value, str):
-        if value.isascii():
-            return value, 0
-        fixed = ftfy.fix_encoding(value)
-        return fixed, int(fixed != value)
+        fixed = fix(value)
+        return fixed, int(fixed is not value and fixed != value)
     if isinstance(value, dict):
-        changed = 0
-        result = {}
-        for key, item in value.items():
-            result[key], count = repaired(item)
-            changed += count
-        return (result, changed) if changed else (value, 0)
+        items = {key: map_texts(item, fix) for key, item in value.items()}
+        changed = sum(count for _, count in items.values())
+        return ({key: item for key, (item, _) in items.items()}, changed) if changed else (value, 0)
     if isinstance(value, list):
-        items = [repaired(item) for item in value]
-        changed = sum(count for _, count in items)
-        return ([item for item, _ in items], changed) if changed else (value, 0)
+        entries = [map_texts(item, fix) for item in value]
+        changed = sum(count for _, count in entries)
+        return ([item for item, _ in entries], changed) if changed else (value, 0)
     return value, 0
+
+
+def without_lone_surrogates(text: str) -> str:
+    """Lone surrogates (from "\\ud800" escapes) as U+FFFD; valid text comes back as it is."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def without_mojibake(text: str) -> str:
+    """UTF-8 that was decoded as Latin-1 or Windows-1252 upstream, decoded right (CafÃ© -> Café).
+    ASCII text cannot be mojibake and is passed over at once.
+    """
+    return text if text.isascii() else ftfy.fix_encoding(text)

@@ -31,7 +31,7 @@ def action_for(status: int) -> Action:
     """
     if 200 <= status < 300:
         return Action.ACCEPT
-    if 300 <= status < 400:
+    if 300 <= status < 400 and status != 304:  # 304 Not Modified points nowhere: a rejection
         return Action.REDIRECT
     if status == 401:
         return Action.REFRESH_TOKEN

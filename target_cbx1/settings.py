@@ -281,21 +281,17 @@ class Settings(BaseModel):
     def from_config(
         cls,
         config: t.Mapping[str, t.Any],
-        environ: t.Mapping[str, str] | None = None,
         builtin_schema: t.Mapping[str, t.Any] | None = None,
+        earlier_problems: t.Sequence[str] = (),
     ) -> Settings:
-        """Resolve HotGlue aliases, TARGET_CBX1_* variables (with `environ`) and BASE_URL, then validate
-        (absent settings take their defaults).
+        """Resolve HotGlue aliases and BASE_URL, then validate (absent settings take their defaults).
 
         `builtin_schema`: the JSON schema of the singer-sdk settings the target also honours (stream
         maps, flattening, validate_records), checked here too. Raises ConfigValidationError listing
-        every problem at once.
+        every problem at once, `earlier_problems` (reading the environment, say) first.
         """
         values = {k: v for k, v in config.items() if v is not None and v != ""}
-        problems: list[str] = []
-        if environ is not None:
-            from_environment, problems = environment_values(environ)
-            values.update(from_environment)
+        problems = list(earlier_problems)
         for ours, hotglue in HOTGLUE_ALIASES.items():
             if ours not in values and config.get(hotglue) not in (None, ""):
                 values[ours] = config[hotglue]
@@ -314,25 +310,31 @@ class Settings(BaseModel):
         return settings
 
 
-def environment_values(environ: t.Mapping[str, str]) -> tuple[dict[str, t.Any], list[str]]:
-    """Settings given as TARGET_CBX1_<NAME> variables (`--config ENV`), and the problems reading them.
+def environment_values(
+    environ: t.Mapping[str, str], schema: t.Mapping[str, t.Any]
+) -> tuple[dict[str, t.Any], list[str]]:
+    """Settings given as TARGET_CBX1_<NAME> variables (`--config ENV`), for every setting of the
+    config `schema` (the SDK's stream maps and the like too), and the problems reading them.
 
-    Objects and lists are JSON text; other values are converted by the model's own checks.
+    Objects and lists are JSON text, booleans true/false; other values are checked as settings.
     """
     values: dict[str, t.Any] = {}
     problems = []
-    for name, field in Settings.model_fields.items():
+    for name, spec in schema.get("properties", {}).items():
         variable = ENV_PREFIX + name.upper()
-        raw = environ.get(variable, "")
+        raw = environ.get(variable, "").strip()
         if not raw:
             continue
-        if json_schema_of(field.annotation)["type"][0] in ("object", "array") and name != "metadata":
+        kind = next((kind for kind in spec.get("type", ["string"]) if kind != "null"), "string")
+        if kind in ("object", "array"):
             try:
                 values[name] = json.loads(raw)
             except json.JSONDecodeError as exc:
                 problems.append(f"{variable} is not valid JSON ({exc.msg})")
+        elif kind == "boolean" and raw.lower() not in ("true", "false"):
+            problems.append(f"{variable} must be true or false, not {raw!r}")
         else:
-            values[name] = raw
+            values[name] = (raw.lower() == "true") if kind == "boolean" else raw
     return values, problems
 
 

@@ -9,7 +9,7 @@ from functools import partial
 
 from singer_sdk import sinks as sdk_sinks
 
-from target_cbx1.client import ApiSink, Pending
+from target_cbx1.client import ApiSink, Pending, repeated_miss
 from target_cbx1.contracts.base import Outcome
 from target_cbx1.errors import ApiOutageError, RejectedError, RequestFailedError
 
@@ -134,7 +134,7 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
             if isinstance(exc, RejectedError) and self.contract.isolates(path, exc, keys):
                 self._isolate(chunk, path, exc)
             else:
-                self.fail_all(chunk, path, started, str(exc))
+                self.fail_all(chunk, path, started, str(exc), log=not repeated_miss(exc))
             return
         states = self.handle_batch_response(response, records)["state_updates"]
         for pending, state in zip(chunk, states, strict=True):

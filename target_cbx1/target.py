@@ -20,11 +20,11 @@ from singer_sdk.exceptions import (
     StreamMapConfigError,
 )
 from singer_sdk.helpers.capabilities import TARGET_VALIDATE_RECORDS_CONFIG
+from singer_sdk.mapper import RemoveRecordTransform
 from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
 
-from target_cbx1 import jsonio
 from target_cbx1.client import ApiSink
 from target_cbx1.context import RunContext
 from target_cbx1.dryrun import DryRun
@@ -32,10 +32,10 @@ from target_cbx1.errors import StopRequested
 from target_cbx1.incremental import IncrementalStateFile, state_file_path, write_atomically
 from target_cbx1.ledger import StateLedger
 from target_cbx1.progress import Progress
-from target_cbx1.reader import INPUT_ERRORS, NumberedLineReader, batch_file_lines
+from target_cbx1.reader import INPUT_ERRORS, NumberedLineReader, batch_file_lines, json_kind
 from target_cbx1.redaction import install_log_masking
 from target_cbx1.session import ApiSession
-from target_cbx1.settings import CONFIG_SCHEMA, Settings
+from target_cbx1.settings import CONFIG_SCHEMA, Settings, environment_values
 from target_cbx1.sinks import BatchSink, RecordSink
 from target_cbx1.streams import StreamRouter
 from target_cbx1.tapstate import TapStateForwarder
@@ -71,12 +71,16 @@ class TargetCBX1(Target):
         install_log_masking()
         schema = copy.deepcopy(CONFIG_SCHEMA)
         self.append_builtin_config(schema)
-        environ = os.environ if parse_env_config else None
+        config = dict(config or {})
+        problems: list[str] = []
+        if parse_env_config:  # TARGET_CBX1_* variables: read here, so that a bad one is named
+            from_environment, problems = environment_values(os.environ, schema)
+            config |= from_environment
         # Checked before the SDK sets up stream maps from the config, listing every problem at once.
-        self.settings = Settings.from_config(config or {}, environ, builtin_schema=schema)
+        self.settings = Settings.from_config(config, builtin_schema=schema, earlier_problems=problems)
         super().__init__(
             config=config,
-            parse_env_config=False,  # read by Settings, which names a bad variable
+            parse_env_config=False,  # read above
             validate_config=False,  # done above
             setup_mapper=setup_mapper,
             message_reader=message_reader,
@@ -87,7 +91,6 @@ class TargetCBX1(Target):
         self.session = ApiSession(self.settings, on_new_token=self._write_back_token)
         self._finishing = False
         self.reader = t.cast("NumberedLineReader", self.message_reader)
-        self.reader.before_line = self.session.raise_if_stopping
         path = None if self.settings.dry_run else state_file_path(self.settings.incremental_state_path)
         self.incremental = IncrementalStateFile(path) if path else None
         results = self.settings.results_path
@@ -105,11 +108,17 @@ class TargetCBX1(Target):
             self.dry_run,
             self.checkpoint,
         )
+        self.reader.before_line = self._before_line
         self._resume()
+
+    def _before_line(self) -> None:
+        """Before each line: stop with the error that stopped a request, or for a signal or an outage."""
+        self.run_context.requests.raise_error()
+        self.session.raise_if_stopping()
 
     def _records_left_unwritten(self) -> bool:
         """Whether a request failed after its retries, or a stream stopped: the tap must read them again."""
-        return self.session.gave_up > 0 or bool(self.run_context.stopped_streams)
+        return self.session.gave_up > 0 or bool(self.run_context.missing_endpoints)
 
     def _check_state_files(self) -> None:
         """Stop at once, as a config problem, when a state file cannot be written."""
@@ -152,9 +161,8 @@ class TargetCBX1(Target):
         self._assert_line_requires(message_dict, requires={"stream", "record"})
         received = message_dict["record"]
         where = f"line {self.reader.line_number}: the RECORD's record"
-        self._take_record(
-            message_dict["stream"], received, self.reader.problem or not_an_object(where, received)
-        )
+        problem = self.reader.problem or not_an_object(where, received)
+        self._take_record(message_dict["stream"], received, problem, self.reader.raw_line)
 
     def _process_batch_message(self, message_dict: dict) -> None:
         """A BATCH message: each record of its JSONL files (plain or gzip) is taken as a RECORD is,
@@ -172,20 +180,22 @@ class TargetCBX1(Target):
                 if not line.strip():
                     continue
                 where = f"{url} line {number}"
-                try:
-                    received, problem = jsonio.decode(line), None
-                except (jsonio.DecodeError, RecursionError) as exc:
-                    received, problem = line.decode("utf-8", "replace"), f"{where} is not valid JSON ({exc})"
-                self._take_record(message_dict["stream"], received, problem or not_an_object(where, received))
+                received, problem = self.reader.parse_record(line, message_dict["stream"], where)
+                problem = problem or not_an_object(where, received)
+                self._take_record(message_dict["stream"], received, problem, line)
 
-    def _take_record(self, stream_name: str, received: t.Any, problem: str | None) -> None:
-        """One record as received, to each sink its stream maps to; with a `problem`, it fails there."""
+    def _take_record(self, stream_name: str, received: t.Any, problem: str | None, line: bytes) -> None:
+        """One record as received, to each sink its stream maps to; with a `problem`, it fails there
+        (entered by the hash of its `line`, since it may not be JSON a hash can be taken of).
+        """
         if stream_name not in self.mapper.stream_maps:
             self._assert_sink_exists(stream_name)
         for stream_map in self.mapper.stream_maps[stream_name]:
             if problem is not None:  # the record cannot be mapped or sent: it fails in every sink
+                if isinstance(stream_map, RemoveRecordTransform):
+                    continue  # a stream the stream maps drop: none of its records get an entry
                 self._assert_sink_exists(stream_map.stream_alias)
-                t.cast("ApiSink", self.get_sink(stream_map.stream_alias)).refuse(received, problem)
+                t.cast("ApiSink", self.get_sink(stream_map.stream_alias)).refuse(received, problem, line)
                 continue
             record = stream_map.transform(copy.copy(received))
             if record is None:
@@ -220,7 +230,12 @@ class TargetCBX1(Target):
                 requests = t.cast("ApiSink", sink).requests
                 requests.wait()
                 requests.close()  # the sink is replaced: its threads end now
-        super()._process_schema_message(message_dict)
+        try:
+            super()._process_schema_message(message_dict)
+        except NotImplementedError as exc:  # the SDK's word for a stream map option it does not know
+            raise StreamMapConfigError(
+                f"stream_maps for {stream!r}: {exc}; fix stream_maps in the config"
+            ) from None
 
     def _process_state_message(self, message_dict: dict) -> None:
         """Singer mode: send what is queued and forward the STATE once its records are done.
@@ -271,13 +286,29 @@ class TargetCBX1(Target):
                 return
 
     def send_what_was_read(self) -> None:
-        """After a bad line: the records read before it are still sent, and their answers awaited."""
+        """After a bad line: the records read before it are still sent, and their answers awaited.
+
+        A signal meanwhile raises StopRequested, to stop as signals do.
+        """
         try:
             for sink in self.api_sinks():
                 self.drain_one(sink)
-        except (FatalAPIError, StopRequested) as exc:
+            for sink in self.api_sinks():
+                sink.requests.wait()
+        except FatalAPIError as exc:
             self.logger.error("While sending the records read before the bad line: %s", exc)
-        self.settle(None)
+            self.settle(type(exc).__name__, STOP_GRACE_SECONDS)
+
+    def stop_for(self, stop: StopRequested) -> t.NoReturn:
+        """A signal stopped the run: settle what is in flight, write the state, exit 128 + its number."""
+        self.settle(stop.signal_name, STOP_GRACE_SECONDS)
+        self.write_state()
+        self.logger.warning(
+            "Stopped by %s. The state holds every confirmed outcome; records not yet sent have no "
+            "entry, and the next run sends them.",
+            stop.signal_name,
+        )
+        sys.exit(exit_status_after(stop.signal_name))
 
     def checkpoint(self) -> None:
         """After each request: forward tap STATEs now covered, refresh the incremental file if due."""
@@ -335,6 +366,10 @@ class TargetCBX1(Target):
                 self._config_path,
                 type(exc).__name__,
             )
+
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """Nothing more to check: Settings already checked the whole config, every problem at once."""
+        return []
 
     @classmethod
     def append_builtin_config(cls, config_jsonschema: dict) -> None:
@@ -406,25 +441,21 @@ class TargetCBX1(Target):
             sys.exit(2)
         try:
             target.listen(file_input)
-            if target.run_context.stopped_streams:
-                cls.logger.error("%s", "; ".join(target.run_context.stopped_streams.values()))
+            if target.run_context.missing_endpoints:
+                cls.logger.error("%s", "; ".join(target.run_context.missing_endpoints.values()))
                 sys.exit(1)
         except StopRequested as stop:
-            target.settle(stop.signal_name, STOP_GRACE_SECONDS)
-            target.write_state()
-            cls.logger.warning(
-                "Stopped by %s. The state holds every confirmed outcome; records not yet sent have no "
-                "entry, and the next run sends them.",
-                stop.signal_name,
-            )
-            sys.exit(exit_status_after(stop.signal_name))
+            target.stop_for(stop)
         except FatalAPIError as exc:
             target.settle(type(exc).__name__, STOP_GRACE_SECONDS)
             target.write_state()
             cls.logger.error("%s", exc)
             sys.exit(1)
         except INPUT_ERRORS as exc:
-            target.send_what_was_read()
+            try:
+                target.send_what_was_read()
+            except StopRequested as stop:
+                target.stop_for(stop)
             target.write_state()
             cls.logger.error("%s", exc)
             sys.exit(1)
@@ -447,4 +478,4 @@ def not_an_object(where: str, received: t.Any) -> str | None:
     """The failure of a record that is not a JSON object; None for one that is."""
     if isinstance(received, dict):
         return None
-    return f"{where} is {type(received).__name__}, not an object, so it was not sent"
+    return f"{where} is {json_kind(received)}, not an object, so it was not sent"

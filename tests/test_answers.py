@@ -189,3 +189,34 @@ def test_an_upsert_answer_that_confirms_nothing_is_a_failure_end_to_end(sandbox,
     assert first["success"] is False
     assert error in first["error"]
     assert second["success"] is True
+
+
+def test_a_fatal_answer_while_the_tap_still_writes_is_reported_as_itself(sandbox, tmp_path):
+    sandbox.add_fault("redirect=302*always")
+    config = sandbox_config(sandbox, batch_size=2)
+    process = start_command(config, tmp_path, lines_of([schema("accounts"), account(1), account(2)]))
+    wait_until(lambda: len(sandbox.exchanges) >= 1)
+    time.sleep(0.3)
+    assert process.stdin is not None
+    process.stdin.write(lines_of([account(3)]))  # the tap goes on writing after the redirect
+    process.stdin.flush()
+
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 1
+    assert "CBX1 answered HTTP 302, a redirect to" in stderr
+    assert "Stopped by" not in stderr
+
+
+def test_a_signal_during_the_sending_after_a_bad_line_still_stops_the_run(sandbox, tmp_path):
+    sandbox.add_fault("429=100*always")
+    config = sandbox_config(sandbox, retry_after_max_seconds=300)
+    process = start_command(config, tmp_path, lines_of([schema("accounts"), account(1)]) + "not json\n")
+    wait_until(lambda: len(sandbox.exchanges) >= 1)
+
+    process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=30)
+
+    assert time.monotonic() - started < 10
+    assert process.returncode == 143, stderr

@@ -265,3 +265,11 @@ def test_two_bulk_results_for_one_key_that_disagree_fail_the_record(api, capsys)
     state = run_target(make_config(), [schema("accounts"), account(1)], capsys).state
 
     assert only_entries(state)[0]["error"].startswith("CBX1 returned conflicting results")
+
+
+def test_an_upsert_answer_with_success_null_is_not_a_success(api, capsys):
+    api.post(UPSERT, json={"status": {"code": "CM000"}, "data": {"success": None, "id": "x"}})
+
+    state = run_target(make_config(process_as_batch=False), [schema("accounts"), account(1)], capsys).state
+
+    assert only_entries(state)[0]["success"] is False

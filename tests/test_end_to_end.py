@@ -367,3 +367,49 @@ def test_the_start_check_of_a_state_file_leaves_nothing_behind(sandbox, tmp_path
 
     assert result.returncode == 0, result.stderr
     assert [p.name for p in folder.iterdir()] == ["results.json"]
+
+
+def test_sdk_settings_come_from_the_environment_too(sandbox, tmp_path):
+    env = {
+        "TARGET_CBX1_API_URL": sandbox.url,
+        "TARGET_CBX1_ACCESS_KEY": ACCESS_KEY,
+        "TARGET_CBX1_ORG_ID": ORG_ID,
+        "TARGET_CBX1_STREAM_MAPS": '{"contacts": null}',
+    }
+    process = subprocess.run(
+        [COMMAND, "--config", "ENV"],
+        input=SAMPLE.read_text(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env_with(env),
+    )
+
+    assert process.returncode == 0, process.stderr
+    state = json.loads(process.stdout.splitlines()[-1])
+    assert state["bookmarks"].get("contacts", []) == []  # the stream map dropped them
+    assert sandbox.records("contacts") == {}
+    assert sandbox.records("accounts")
+
+
+def test_a_bad_stream_map_is_a_config_error_without_a_traceback(tmp_path):
+    config = {"api_url": "https://a.example", "access_key": "k-123456", "org_id": "o"}
+    config["stream_maps"] = {"contacts": {"__else__": "bogus"}}
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config))
+    lines = lines_of(
+        [{"type": "SCHEMA", "stream": "contacts", "schema": {"properties": {}}, "key_properties": []}]
+    )
+
+    process = subprocess.run(
+        [COMMAND, "--config", str(config_file)],
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert process.returncode in (1, 2)
+    assert "Traceback" not in process.stderr

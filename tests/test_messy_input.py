@@ -113,8 +113,8 @@ def test_a_record_that_is_not_an_object_fails_alone_naming_its_line(sandbox, tmp
     assert result.returncode == 0, result.stderr
     entries = result.entries("accounts")
     assert [e["success"] for e in entries] == [False, False, False, True]
-    assert entries[0]["error"] == "line 2: the RECORD's record is NoneType, not an object, so it was not sent"
-    assert "record is list" in entries[1]["error"]
+    assert entries[0]["error"] == "line 2: the RECORD's record is null, not an object, so it was not sent"
+    assert "record is a list" in entries[1]["error"]
 
 
 def test_records_read_before_a_line_that_is_not_json_are_still_sent_and_reported(sandbox, tmp_path):
@@ -161,7 +161,7 @@ def test_batch_files_are_read_record_by_record_each_with_its_entry(sandbox, tmp_
         f"B{n}" for n in range(10, 30)
     ] + ["A99"]
     assert "line 11 is not valid JSON" in entries[10]["error"]
-    assert "line 12 is list, not an object" in entries[11]["error"]
+    assert "line 12 is a list, not an object" in entries[11]["error"]
     assert sum(e["success"] for e in entries) == 31
     assert len(sandbox.records("accounts")) == 31
 
@@ -197,3 +197,67 @@ def test_mojibake_is_fixed_only_when_repair_text_is_on(sandbox, tmp_path, repair
     stored = sandbox.records("accounts")["c20.com"].record["name"]
     assert stored == ("Café München" if repair else "CafÃ© MÃ¼nchen")
     assert ("repair_text fixed mojibake in 1 text values" in result.stderr) is repair
+
+
+def test_a_refused_record_never_stands_for_a_valid_one_nor_takes_its_outcome(sandbox, tmp_path):
+    nan = '{"type": "RECORD", "stream": "accounts", "record": {"domain": "n.com", "name": NaN}}'
+    null = '{"type": "RECORD", "stream": "accounts", "record": {"domain": "n.com", "name": null}}'
+    for order in ([nan, null], [null, nan]):
+        text = lines_of([SCHEMA]) + "\n".join(order) + "\n"
+
+        result = run_command(sandbox_config(sandbox), tmp_path, text)
+
+        outcomes = {
+            ("NaN" in line): entry for line, entry in zip(order, result.entries("accounts"), strict=True)
+        }
+        assert outcomes[True]["success"] is False
+        assert outcomes[False]["success"] is True
+        assert result.state["summary"]["accounts"] == {"success": 1, "fail": 1, "existing": 0, "updated": 0}
+
+
+def test_two_identical_bad_lines_each_fail_naming_their_own_line(sandbox, tmp_path):
+    bad = {"type": "RECORD", "stream": "accounts", "record": None}
+
+    result = run_command(sandbox_config(sandbox), tmp_path, lines_of([SCHEMA, bad, bad]))
+
+    first, second = result.entries("accounts")
+    assert first["error"].startswith("line 2:")
+    assert second["error"].startswith("line 3:")
+    assert result.state["summary"]["accounts"]["fail"] == 2
+
+
+@pytest.mark.parametrize(("depth", "settings"), [(900, {}), (900, {"repair_text": True})])
+def test_a_record_nested_hundreds_deep_with_text_to_repair_fails_alone(sandbox, tmp_path, depth, settings):
+    deep = '{"type": "RECORD", "stream": "accounts", "record": {"domain": "d.com", "x": ' + "[" * depth
+    deep += '"Caf\\u00c3\\u00a9 \\ud800"' + "]" * depth + "}}"
+
+    result = run_command(
+        sandbox_config(sandbox, **settings),
+        tmp_path,
+        lines_of([SCHEMA]) + deep + "\n" + account_line(8) + "\n",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    bad, good = result.entries("accounts")
+    assert bad["success"] is False
+    assert "nested too deeply" in bad["error"]
+    assert good["success"] is True
+
+
+def test_batch_lines_are_repaired_like_record_lines(sandbox, tmp_path):
+    batch = tmp_path / "part.jsonl"
+    batch.write_bytes(
+        b'{"domain": "b1.com", "name": "Caf\xff"}\n'
+        b'{"domain": "b2.com", "name": "Bad \\ud800"}\n'
+        b'{"domain": "b3.com", "name": NaN}\n'
+    )
+
+    result = run_command(
+        sandbox_config(sandbox), tmp_path, lines_of([SCHEMA, batch_message(batch.as_uri(), compression=None)])
+    )
+
+    first, second, third = result.entries("accounts")
+    assert (first["success"], second["success"], third["success"]) == (True, True, False)
+    assert sandbox.records("accounts")["b1.com"].record["name"] == "Caf\ufffd"
+    assert "the record holds NaN, which JSON does not allow" in third["error"]

@@ -18,7 +18,7 @@ from target_cbx1.records import (
     normalise_email,
     record_hash,
 )
-from target_cbx1.repair import repaired
+from target_cbx1.repair import map_texts, without_mojibake
 
 NO_OPTIONS = PayloadOptions(add_stream_key=False, metadata=None)
 DOMAIN = LookupRule.named("domain")
@@ -298,10 +298,14 @@ def test_an_international_email_domain_is_matched_as_ascii():
 def test_repair_fixes_mojibake_in_nested_text_and_leaves_clean_text_alone():
     record = {"name": "CafÃ©", "tags": ["MÃ¼nchen", "plain"], "nested": {"city": "Zürich"}, "n": 3}
 
-    fixed, count = repaired(record)
+    fixed, count = map_texts(record, without_mojibake)
 
     assert fixed == {"name": "Café", "tags": ["München", "plain"], "nested": {"city": "Zürich"}, "n": 3}
     assert count == 2
     clean = {"name": "Acme", "city": "Zürich"}
-    assert repaired(clean) == (clean, 0)
-    assert repaired(clean)[0] is clean
+    assert map_texts(clean, without_mojibake) == (clean, 0)
+    assert map_texts(clean, without_mojibake)[0] is clean
+
+
+def test_international_names_follow_idna_2008():
+    assert DOMAIN.key_of("straße.de") == "xn--strae-oqa.de"

@@ -46,7 +46,7 @@ class BulkContract(Contract):
         if not isinstance(data, dict):
             return Outcome(False, error=f"CBX1 answered {path} but returned no id for the record (no data)")
         answer = read_data(UpsertData, path, data)
-        if answer.success is not None and answer.success is not True:
+        if "success" in answer.model_fields_set and answer.success is not True:
             return Outcome(False, error=f"CBX1 rejected the record: {reason(answer.error)}")
         if not answer.id:
             return Outcome(False, error=f"CBX1 answered {path} but returned no id for the record")
