@@ -92,10 +92,13 @@ def read_within(response: requests.Response, deadline: float, timeout: float) ->
     """
     chunks = []
     try:
-        while chunk := response.raw.read1(65536, decode_content=True):
-            chunks.append(chunk)
-            if time.monotonic() > deadline:
+        while True:
+            chunk = response.raw.read1(65536, decode_content=True)
+            if time.monotonic() > deadline:  # after every read, the last (empty) one included
                 raise requests.Timeout(f"the answer took longer than the {timeout:g} s timeout")
+            if not chunk:
+                break
+            chunks.append(chunk)
     except urllib3.exceptions.ReadTimeoutError as exc:
         response.close()
         raise requests.Timeout(str(exc)) from None

@@ -28,6 +28,7 @@ from target_cbx1.ratelimit import RateLimiter
 from target_cbx1.redaction import mask
 from target_cbx1.responses import read_within, redirect_message, server_message
 from target_cbx1.retries import Action, RetryPolicy, action_for, parse_retry_after
+from target_cbx1.watchdog import Watchdog, watched_pool_classes
 
 if t.TYPE_CHECKING:
     from target_cbx1.settings import Settings
@@ -75,6 +76,8 @@ class ApiSession:
         self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self.session.trust_env = False
         connections = HTTPAdapter(pool_maxsize=max(10, 4 * settings.max_concurrency))
+        # timeout bounds the whole answer: its headers here, its body in read_within.
+        connections.poolmanager.pool_classes_by_scheme = watched_pool_classes(Watchdog(), self.timeout)
         self.session.mount("https://", connections)
         self.session.mount("http://", connections)
         self.rate = RateLimiter(settings.max_requests_per_second)
@@ -176,7 +179,14 @@ class ApiSession:
         request.hooks = {"response": []}
         request._cookies = self._redirect_cookies  # type: ignore[attr-defined]  # read on a redirect
         deadline = time.monotonic() + self.timeout
-        response = self.session.send(request, timeout=self.timeout, allow_redirects=False, stream=True)
+        try:
+            response = self.session.send(request, timeout=self.timeout, allow_redirects=False, stream=True)
+        except requests.ConnectionError:
+            if time.monotonic() >= deadline:  # the watchdog cut a server off that trickled its headers
+                raise requests.Timeout(
+                    f"the answer took longer than the {self.timeout:g} s timeout"
+                ) from None
+            raise
         read_within(response, deadline, self.timeout)
         return response
 

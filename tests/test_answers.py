@@ -220,3 +220,16 @@ def test_a_signal_during_the_sending_after_a_bad_line_still_stops_the_run(sandbo
 
     assert time.monotonic() - started < 10
     assert process.returncode == 143, stderr
+
+
+def test_trickled_headers_are_bounded_by_the_timeout_too(sandbox, tmp_path):
+    sandbox.add_fault("trickle-head=8")
+    config = sandbox_config(sandbox, timeout=1, max_retries=0)
+    started = time.monotonic()
+
+    result = run_command(config, tmp_path, lines_of([schema("accounts"), account(1)]))
+
+    assert time.monotonic() - started < 5
+    (entry,) = result.entries("accounts")
+    assert entry["success"] is False
+    assert "1 s timeout" in entry["error"]

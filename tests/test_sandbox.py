@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -927,3 +928,25 @@ def test_command_line_refuses_a_bad_fault():
 
     assert result.returncode == 2
     assert "unknown fault 'teapot'" in result.stderr
+
+
+def test_trickle_head_sends_even_the_status_line_a_byte_at_a_time(sandbox):
+    sandbox.add_fault("trickle-head=1")
+    token = requests.get(
+        f"{sandbox.url}/api/g/v1/auth/tokens",
+        params={"authenticationType": "ACCESS_KEY", "code": sandbox.access_key, "orgId": sandbox.org_id},
+        timeout=5,
+    ).json()["data"]["sessionToken"]
+    started = time.monotonic()
+
+    with socket.create_connection(("127.0.0.1", sandbox.server.server_address[1]), timeout=5) as connection:
+        body = b'[{"domain": "acme.com"}]'
+        request = (
+            f"POST /api/t/v1/targets/accounts/bulk HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"x-organisation-id: {sandbox.org_id}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        connection.sendall(request.encode() + body)
+        first = connection.recv(100)
+
+    assert len(first) == 1  # no more than a byte had come
+    assert time.monotonic() - started < 1

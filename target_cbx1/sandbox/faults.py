@@ -12,6 +12,7 @@ slow, trickle, omit and conflict write the records and change the real answer; t
     slow=SECONDS     write, then answer SECONDS late (default 5), as a server that is merely slow
     trickle=SECONDS  write, send the status and headers at once, then the body a byte at a time over
                      SECONDS (default 5): no single read waits long, the whole answer takes SECONDS
+    trickle-head=SECONDS  the same, the status line and headers a byte at a time too
     drop             close the connection without answering (nothing is written)
     omit=N           leave N results out of a /bulk or /records answer (default 1)
     conflict         answer the first result of a /bulk or /records batch twice, the second time with
@@ -41,6 +42,7 @@ KINDS = (
     "401",
     "slow",
     "trickle",
+    "trickle-head",
     "drop",
     "omit",
     "conflict",
@@ -52,7 +54,13 @@ KINDS = (
     "reject",
     *GATEWAY_STATUSES,
 )
-WRITING_KINDS = ("slow", "trickle", "omit", "conflict")  # the real answer, changed: the records are written
+WRITING_KINDS = (
+    "slow",
+    "trickle",
+    "trickle-head",
+    "omit",
+    "conflict",
+)  # the real answer, changed: the records are written
 BODY_KINDS = ("html", "empty", "truncated")
 REDIRECT_STATUSES = ("301", "302", "303", "307", "308")
 CANNED_ANSWERS = {
@@ -113,10 +121,10 @@ def _check_arg(kind: str, arg: str | None) -> None:
         raise FaultSpecError("reject needs the lookup key it rejects, as in reject=bad.example.com")
     if kind == "body" and arg not in BODY_KINDS:
         raise FaultSpecError(f"body needs one of {', '.join(BODY_KINDS)}, as in body=html")
-    if kind in ("429", "slow", "omit", "trickle") and arg is not None and not _is_number(arg):
+    if kind in ("429", "slow", "omit", "trickle", "trickle-head") and arg is not None and not _is_number(arg):
         raise FaultSpecError(f"{kind} takes a number, not {arg!r}")
-    if kind == "trickle" and arg is not None and not 0 <= float(arg) < math.inf:
-        raise FaultSpecError(f"trickle takes a number of seconds, 0 or more, not {arg!r}")
+    if kind in ("trickle", "trickle-head") and arg is not None and not 0 <= float(arg) < math.inf:
+        raise FaultSpecError(f"{kind} takes a number of seconds, 0 or more, not {arg!r}")
     if kind == "redirect" and arg is not None and arg not in REDIRECT_STATUSES:
         raise FaultSpecError(f"redirect takes one of {', '.join(REDIRECT_STATUSES)}, not {arg!r}")
     if kind == "status" and not (arg and re.fullmatch(r"[2-5][0-9][0-9]", arg)):

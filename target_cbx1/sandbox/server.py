@@ -13,6 +13,7 @@ import time
 import typing as t
 import uuid
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -59,6 +60,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str | None = "application/json"
     trickle: float = 0
+    trickle_head: bool = False  # the status line and headers go out a byte at a time too
     sent: t.Callable[[], None] | None = None
 
 
@@ -233,9 +235,10 @@ class Sandbox:
             with self._lock:
                 self.in_flight -= 1
             raise
-        if answer is not None and fault is not None and fault.kind == "trickle":
-            # Still in flight while the handler trickles the body out; it calls sent() at the end.
+        if answer is not None and fault is not None and fault.kind in ("trickle", "trickle-head"):
+            # Still in flight while the handler trickles the answer out; it calls sent() at the end.
             answer.trickle, answer.sent = fault.number(5), functools.partial(self._answered, exchange)
+            answer.trickle_head = fault.kind == "trickle-head"
         else:
             self._answered(exchange)
         return answer
@@ -448,6 +451,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         data = answer.body.encode()
         try:
+            if answer.trickle_head:  # the status line, the headers and the body, a byte at a time
+                self._trickle(self._head(answer, data) + data, answer.trickle)
+                return
             self.send_response(answer.status)
             if answer.content_type is not None:
                 self.send_header("Content-Type", answer.content_type)
@@ -465,6 +471,13 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             if answer.sent is not None:
                 answer.sent()
+
+    def _head(self, answer: Answer, data: bytes) -> bytes:
+        """An answer's status line and headers, as bytes."""
+        lines = [f"{self.protocol_version} {answer.status} {HTTPStatus(answer.status).phrase}"]
+        lines += [f"Content-Type: {answer.content_type}", f"Content-Length: {len(data)}"]
+        lines += [f"{name}: {value}" for name, value in answer.headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
     def _trickle(self, data: bytes, seconds: float) -> None:
         """Write data a byte at a time, evenly spread so that the last byte goes out `seconds` from now."""
