@@ -212,8 +212,9 @@ class ApiSink(Sink):
             body = self.request_body([pending.payload for pending in batch])
             dry_run.take(self.stream_name, path, body, [pending.entry for pending in batch])
             return
-        scope = self.contract.scope
-        self.requests.submit(frozenset(f"{scope} {pending.key}" for pending in batch), work)
+        # Keys are not told apart by stream: one key waiting for another stream's request costs a
+        # little time, never a wrong order (contacts and leads write the same CBX1 contacts).
+        self.requests.submit(frozenset(pending.key for pending in batch), work)
 
     def stamp(self, batch: list[Pending]) -> None:
         """Give a new request's records their batch id and mapped record, when asked for."""

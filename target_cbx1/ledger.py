@@ -170,7 +170,8 @@ class StateLedger:
             self._by_hash[stream][record_hash] = entry
             if claimed is not None:
                 entry.take_outcome(claimed)
-            newer = self._superseded.get(stream, {}).get(record_hash)
+            superseded = self._superseded.get(stream)
+            newer = superseded.get(record_hash) if superseded else None
             if newer is not None and entry.success is None:
                 entry.lookup_key = newer.lookup_key
                 entry.fail(
@@ -185,7 +186,8 @@ class StateLedger:
         """An earlier run's entry for this record, no longer kept apart; the outcome to take, if it
         was a confirmed one.
         """
-        earlier = self._unclaimed.get(stream, {}).get(record_hash)
+        unclaimed = self._unclaimed.get(stream)
+        earlier = unclaimed.get(record_hash) if unclaimed else None
         if not earlier:
             return None
         entry = earlier.pop(0)

@@ -31,8 +31,7 @@ class RunRequests:
 
     def raise_error(self) -> None:
         """Raise the error that stopped a request, if one did (before reading on, say)."""
-        with self.changed:
-            error = self.error
+        error = self.error  # read without the lock: it is set once, and this runs before every line
         if error is not None and not isinstance(error, StopRequested):
             raise error
 

@@ -17,7 +17,6 @@ from singer_sdk.exceptions import (
     RecordsWithoutSchemaException,
     StreamMapConfigError,
 )
-from singer_sdk.helpers._batch import StorageTarget
 from singer_sdk.singerlib.encoding import SimpleSingerReader
 from singer_sdk.singerlib.exceptions import InvalidInputLine, SingerReadError
 
@@ -84,6 +83,13 @@ class NumberedLineReader(SimpleSingerReader):
         """The Singer message on a line. A RECORD that cannot be sent as it is (NaN, nested too
         deeply) comes back with `problem` saying why; any other unreadable line raises InvalidInputLine.
         """
+        try:  # clean JSON, the common case, takes one C call
+            message = jsonio.decode(line)
+        except (jsonio.DecodeError, RecursionError):
+            message = None
+        if isinstance(message, dict):
+            self.problem = None
+            return message
         where = f"line {self.line_number}"
         try:
             reading = read_json(line, where)
@@ -196,6 +202,8 @@ def batch_file_lines(url: str, compression: str | None) -> t.Iterator[bytes]:
 
     Raises InvalidInputLine when the file cannot be read.
     """
+    from singer_sdk.helpers._batch import StorageTarget  # imports fsspec: only runs that read BATCH pay
+
     try:
         head, tail = StorageTarget.split_url(url)
         with StorageTarget.from_url(head).open(tail, mode="rb") as file:

@@ -100,7 +100,8 @@ class LookupRule:
         """
         if not isinstance(value, str) or self.kind == "text":
             return str(value).strip()
-        return ascii_form(self.cleaned(value))
+        cleaned = normalise_domain(value) if self.kind == "domain" else normalise_email(value)
+        return cleaned if cleaned.isascii() else ascii_form(cleaned)
 
     def key_of(self, value: object) -> str:
         """The normalised lookup key of a value; raises RecordRejectedError when it cannot be one."""

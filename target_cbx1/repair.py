@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import typing as t
 
-import ftfy
-
 Fix = t.Callable[[str], str]
 
 
@@ -44,4 +42,8 @@ def without_mojibake(text: str) -> str:
     """UTF-8 that was decoded as Latin-1 or Windows-1252 upstream, decoded right (CafÃ© -> Café).
     ASCII text cannot be mojibake and is passed over at once.
     """
-    return text if text.isascii() else ftfy.fix_encoding(text)
+    if text.isascii():
+        return text
+    import ftfy  # only runs with repair_text pay for its import
+
+    return ftfy.fix_encoding(text)

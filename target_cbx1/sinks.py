@@ -64,7 +64,7 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         lookup key waits in an open chunk closes that chunk first: the upserts of a key leave in
         input order.
         """
-        limit = self.settings.max_request_bytes
+        limit, size = self.settings.max_request_bytes, self.max_size
         empty = self.wrapping_bytes if limit is not None and queue else 0  # the body without records
         open_chunks: dict[str, _Chunk] = {}
         holder: dict[str, str] = {}  # lookup key -> path of the open chunk holding it
@@ -80,8 +80,7 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
                 yield close(holder[pending.key])
             chunk = open_chunks.get(pending.path)
             if chunk is not None and (
-                len(chunk.records) == self.max_size
-                or (limit is not None and chunk.size + 1 + pending.size > limit)
+                len(chunk.records) == size or (limit is not None and chunk.size + 1 + pending.size > limit)
             ):
                 yield close(pending.path)
                 chunk = None

@@ -160,8 +160,9 @@ class TargetCBX1(Target):
         """Hand each record to its sink as received: no timestamp rewriting, bad records fail alone."""
         self._assert_line_requires(message_dict, requires={"stream", "record"})
         received = message_dict["record"]
-        where = f"line {self.reader.line_number}: the RECORD's record"
-        problem = self.reader.problem or not_an_object(where, received)
+        problem = self.reader.problem
+        if problem is None and not isinstance(received, dict):
+            problem = not_an_object(f"line {self.reader.line_number}: the RECORD's record", received)
         self._take_record(message_dict["stream"], received, problem, self.reader.raw_line)
 
     def _process_batch_message(self, message_dict: dict) -> None:

@@ -15,8 +15,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 class Watchdog:
     """One thread that shuts the socket of every request still waiting for its answer's headers
-    at its deadline. Arming and disarming are a dictionary update; the thread wakes only when the
-    earliest deadline comes (or when the first request of an idle spell arms it).
+    at its deadline. Arming and disarming are a dictionary update: the thread is woken only when a
+    deadline comes before the one it waits for (after an idle spell), not for every request.
     """
 
     def __init__(self) -> None:
@@ -24,6 +24,7 @@ class Watchdog:
         self._armed: dict[int, tuple[float, socket.socket]] = {}
         self._tokens = itertools.count()
         self._thread: threading.Thread | None = None
+        self._wakes_at: float | None = None  # when the thread wakes next; None: when woken
 
     def arm(self, sock: socket.socket, deadline: float) -> int:
         with self._changed:
@@ -32,7 +33,7 @@ class Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="cbx1-watchdog", daemon=True)
                 self._thread.start()
-            elif len(self._armed) == 1:
+            elif self._wakes_at is None or deadline < self._wakes_at:
                 self._changed.notify()
             return token
 
@@ -44,6 +45,7 @@ class Watchdog:
         with self._changed:
             while True:
                 if not self._armed:
+                    self._wakes_at = None
                     self._changed.wait()
                     continue
                 now = time.monotonic()
@@ -53,7 +55,8 @@ class Watchdog:
                     with contextlib.suppress(OSError):  # already closed
                         sock.shutdown(socket.SHUT_RDWR)
                 if self._armed:
-                    self._changed.wait(min(deadline for deadline, _ in self._armed.values()) - now)
+                    self._wakes_at = min(deadline for deadline, _ in self._armed.values())
+                    self._changed.wait(self._wakes_at - now)
 
 
 class _Watched:

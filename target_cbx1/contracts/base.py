@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 import typing as t
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from target_cbx1 import jsonio
 from target_cbx1.errors import RequestFailedError
@@ -49,9 +50,8 @@ class Contract(abc.ABC):
     A contract sends nothing itself; `normalise` gives the form lookup keys are compared in.
     """
 
-    def __init__(self, normalise: Normaliser, scope: str) -> None:
+    def __init__(self, normalise: Normaliser) -> None:
         self.normalise = normalise
-        self.scope = scope  # the CBX1 objects its lookup keys name: one key is never in flight twice in it
 
     @abc.abstractmethod
     def batch_path(self, payload: Payload) -> str:
@@ -154,8 +154,13 @@ def read_results(model: type[DataModel], path: str, data: t.Any) -> list[DataMod
     """Each result of an answer's `data.results` read as `model`. A result that cannot be read is
     logged and left out, so only its own record ends without a result.
     """
+    results = read_data(ResultsData, path, data).results
+    try:  # every result at once, in one call, when all of them can be read (the usual case)
+        return _list_of(model).validate_python(results)
+    except ValidationError:
+        pass
     readable = []
-    for result in read_data(ResultsData, path, data).results:
+    for result in results:
         try:
             readable.append(model.model_validate(result))
         except ValidationError:
@@ -164,3 +169,8 @@ def read_results(model: type[DataModel], path: str, data: t.Any) -> list[DataMod
                 "%s: CBX1 sent a result that cannot be read, so it is left out: %s", path, text[:200]
             )
     return readable
+
+
+@functools.cache
+def _list_of(model: type[DataModel]) -> TypeAdapter[list[DataModel]]:
+    return TypeAdapter(list[model])  # type: ignore[valid-type]

@@ -21,7 +21,7 @@ class BulkContract(Contract):
     """A JSON array of flat records per request; results `{success, id, lookupKey, error}` in data.results."""
 
     def __init__(self, stream: str, normalise: Normaliser) -> None:
-        super().__init__(normalise, scope=f"targets/{stream}")
+        super().__init__(normalise)
         self.bulk_path = target_path(stream, "bulk")
         self.upsert_path = target_path(stream, "upsert")
 

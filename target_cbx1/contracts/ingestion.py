@@ -28,7 +28,7 @@ class IngestionContract(Contract):
     """
 
     def __init__(self, object_type: str, normalise: Normaliser) -> None:
-        super().__init__(normalise, scope=f"integrations/{object_type}")
+        super().__init__(normalise)
         self.object_type = object_type
 
     def batch_path(self, payload: Payload) -> str:
