@@ -17,6 +17,7 @@ from singer_sdk.exceptions import (
     RecordsWithoutSchemaException,
     StreamMapConfigError,
 )
+from singer_sdk.helpers._batch import StorageTarget
 from singer_sdk.singerlib.encoding import SimpleSingerReader
 from singer_sdk.singerlib.exceptions import InvalidInputLine, SingerReadError
 
@@ -202,8 +203,6 @@ def batch_file_lines(url: str, compression: str | None) -> t.Iterator[bytes]:
 
     Raises InvalidInputLine when the file cannot be read.
     """
-    from singer_sdk.helpers._batch import StorageTarget  # imports fsspec: only runs that read BATCH pay
-
     try:
         head, tail = StorageTarget.split_url(url)
         with StorageTarget.from_url(head).open(tail, mode="rb") as file:
