@@ -303,15 +303,15 @@ def test_a_bad_config_stops_with_one_line_listing_every_problem_and_exit_2(tmp_p
             assert other in errors[0]
 
 
-def test_config_from_the_environment_takes_a_text_org_id(sandbox, tmp_path):
+def run_with_environment(sandbox: Sandbox, **variables: str) -> subprocess.CompletedProcess:
+    """The sample export through `--config ENV`, the sandbox's credentials and `variables` set."""
     env = {
         "TARGET_CBX1_API_URL": sandbox.url,
         "TARGET_CBX1_ACCESS_KEY": ACCESS_KEY,
         "TARGET_CBX1_ORG_ID": ORG_ID,
-        "TARGET_CBX1_BATCH_SIZE": "2",
-        "TARGET_CBX1_LOOKUP_FIELDS": '{"people": "email"}',
     }
-    process = subprocess.run(
+    env |= {f"TARGET_CBX1_{name.upper()}": value for name, value in variables.items()}
+    return subprocess.run(
         [COMMAND, "--config", "ENV"],
         input=SAMPLE.read_text(),
         capture_output=True,
@@ -320,6 +320,10 @@ def test_config_from_the_environment_takes_a_text_org_id(sandbox, tmp_path):
         check=False,
         env=env_with(env),
     )
+
+
+def test_config_from_the_environment_takes_a_text_org_id(sandbox, tmp_path):
+    process = run_with_environment(sandbox, batch_size="2", lookup_fields='{"people": "email"}')
 
     assert process.returncode == 0, process.stderr
     assert all(len(exchange.lookup_keys) <= 2 for exchange in sandbox.exchanges)
@@ -370,21 +374,7 @@ def test_the_start_check_of_a_state_file_leaves_nothing_behind(sandbox, tmp_path
 
 
 def test_sdk_settings_come_from_the_environment_too(sandbox, tmp_path):
-    env = {
-        "TARGET_CBX1_API_URL": sandbox.url,
-        "TARGET_CBX1_ACCESS_KEY": ACCESS_KEY,
-        "TARGET_CBX1_ORG_ID": ORG_ID,
-        "TARGET_CBX1_STREAM_MAPS": '{"contacts": null}',
-    }
-    process = subprocess.run(
-        [COMMAND, "--config", "ENV"],
-        input=SAMPLE.read_text(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env_with(env),
-    )
+    process = run_with_environment(sandbox, stream_maps='{"contacts": null}')
 
     assert process.returncode == 0, process.stderr
     state = json.loads(process.stdout.splitlines()[-1])
