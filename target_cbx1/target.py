@@ -68,6 +68,10 @@ class TargetCBX1(Target):
         message_reader: t.Any = None,
         config_path: Path | None = None,
     ) -> None:
+        """The SDK's constructor arguments; `validate_config` is accepted but the config is always
+        checked (the target cannot run on one it has not read). `config_path`: the file a refreshed
+        token is written back into.
+        """
         install_log_masking()
         schema = copy.deepcopy(CONFIG_SCHEMA)
         self.append_builtin_config(schema)
