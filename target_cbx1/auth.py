@@ -11,10 +11,11 @@ import typing as t
 import requests
 from pydantic import ValidationError
 
-from target_cbx1.errors import CredentialsError, RedirectedError, RequestFailedError, TransientError
-from target_cbx1.models import SessionToken
-from target_cbx1.redaction import register_secret
-from target_cbx1.responses import read_envelope_data, read_within, redirect_message, server_message
+from target_cbx1.errors import CredentialsError, RedirectedError, TransientError
+from target_cbx1.jsonio import json_kind
+from target_cbx1.models import SUCCESS_CODE, SessionToken
+from target_cbx1.redaction import mask, register_secret
+from target_cbx1.responses import decode_leniently, read_within, redirect_message, server_message
 from target_cbx1.retries import Action, action_for, parse_retry_after
 
 TOKEN_PATH = "api/g/v1/auth/tokens"
@@ -93,18 +94,42 @@ class SessionTokenAuth:
             )
         if action is not Action.ACCEPT:
             raise self._failed(f"HTTP {response.status_code}: {server_message(response)}")
-        try:
-            issued = SessionToken.model_validate(read_envelope_data(response))
-        except RequestFailedError as exc:
-            raise self._failed(str(exc)) from None
-        except ValidationError:
-            raise self._failed(f"unreadable answer: {server_message(response)}") from None
+        issued = self._issued(response)
         register_secret(issued.session_token)
         self._token = issued.session_token
         self._lifetime = lifetime_of(issued.max_age)
         self._expires_at = None if self._lifetime is None else self._clock() + self._lifetime
         if self._on_new_token is not None:
             self._on_new_token(self._token, self._expires_at)
+
+    def _issued(self, response: requests.Response) -> SessionToken:
+        """The token a 2xx answer holds. An answer that holds none is described by its shape only:
+        it may carry a token or the key, and it is never quoted.
+        """
+        try:
+            answer = decode_leniently(response.content)
+        except (ValueError, RecursionError):
+            answer = None
+        status = answer.get("status") if isinstance(answer, dict) else None
+        if not isinstance(status, dict):
+            raise self._failed(
+                f"HTTP {response.status_code} with an answer that is not the documented JSON envelope"
+            )
+        if status.get("code") != SUCCESS_CODE:
+            message = mask(str(status.get("message") or "(no message)"))
+            raise self._failed(f"status {mask(str(status.get('code')))}: {message}")
+        data = answer.get("data") if isinstance(answer, dict) else None
+        try:
+            return SessionToken.model_validate(data)
+        except ValidationError:
+            shape = (
+                ", ".join(f"{key} ({json_kind(value)})" for key, value in data.items())
+                if isinstance(data, dict)
+                else json_kind(data)
+            )
+            raise self._failed(
+                f"the token answer has no usable sessionToken; its data holds {shape or 'nothing'}"
+            ) from None
 
     def _failed(self, detail: str) -> CredentialsError:
         return CredentialsError(

@@ -48,6 +48,10 @@ class RedirectedError(FatalAPIError):
     """CBX1 (or a proxy) answered with a redirect: every request would, so the run stops."""
 
 
+class CertificateError(FatalAPIError):
+    """The API's TLS certificate could not be verified: every request would fail the same way."""
+
+
 class ApiOutageError(FatalAPIError):
     """Too many requests in a row failed after all their retries: the API looks down, the run stops.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -96,13 +97,20 @@ class IncrementalStateFile:
 
 
 def write_atomically(path: Path, write: t.Callable[[t.IO[str]], object]) -> None:
-    """Write a file beside `path`, then rename it into place: a reader never sees half of it."""
+    """Write a file beside `path`, then rename it into place: a reader never sees half of it.
+
+    A symlink stays a symlink (the file it points to is replaced), an existing file keeps its
+    permissions, and a new one is readable by its owner only (it may hold outcomes or a token).
+    """
+    path = path.resolve() if path.is_symlink() else path
     with tempfile.NamedTemporaryFile(
         "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
     ) as temp:
         try:
             write(temp)
             temp.flush()  # here, not at close: a full disk must not leave the temporary file behind
+            if path.exists():
+                os.chmod(temp.name, stat.S_IMODE(path.stat().st_mode))
         except BaseException:
             temp.close()
             Path(temp.name).unlink(missing_ok=True)

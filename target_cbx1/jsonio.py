@@ -30,3 +30,16 @@ def decode(text: str | bytes) -> t.Any:
 def pretty(value: t.Any) -> str:
     """Indented JSON for people to read, numbers still exact."""
     return msgspec.json.format(_encoder.encode(value), indent=2).decode()
+
+
+def json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words: null, true/false, a number, text, a list, an object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float, decimal.Decimal)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "an object"

@@ -6,6 +6,7 @@ import itertools
 import typing as t
 
 from target_cbx1.jsonio import encode_text
+from target_cbx1.redaction import mask
 
 if t.TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -66,7 +67,8 @@ class Entry:
         self.success = True
 
     def fail(self, error: str) -> None:
-        self.error = error
+        """The record was not written; the reason, with any secret a server echoed masked."""
+        self.error = mask(error)
         self.success = False
 
     @property

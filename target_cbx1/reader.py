@@ -174,19 +174,6 @@ def lines_of(file_input: t.IO[str] | None) -> t.Iterator[bytes]:
         yield line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
 
 
-def json_kind(value: object) -> str:
-    """What a JSON value is, in JSON's words: null, true/false, a number, text, a list, an object."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float, decimal.Decimal)):
-        return "a number"
-    if isinstance(value, str):
-        return "text"
-    return "a list" if isinstance(value, list) else "an object"
-
-
 def shown(line: bytes) -> str:
     return repr(line[:60].decode("utf-8", "replace"))
 

@@ -1,11 +1,15 @@
-"""Keep secrets (access key, session tokens) out of every log line and error message."""
+"""Keep secrets (access key, session tokens, custom header values, a password in api_url) out of every
+log line, error message and written state, in each form they take on the wire.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
 import typing as t
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
 _MIN_SECRET_LENGTH = 4
@@ -14,23 +18,33 @@ _CREDENTIAL_PATTERN = re.compile(
     r"(?i)((?:[?&](?:code|access_?key|token)=)|(?:authorization[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?))"
     r"[^&\s\"',]+"
 )
+# The password of a URL's user info: https://user:password@host
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^/\s@]+(@)")
 
 _secrets: set[str] = set()
+_longest_first: list[str] = []
 _lock = threading.Lock()
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a value that must never be printed."""
-    if value and len(value) >= _MIN_SECRET_LENGTH:
-        with _lock:
-            _secrets.add(value)
+    """Remember a value that must never be printed, with its URL-encoded and JSON-escaped forms."""
+    if not value or len(value) < _MIN_SECRET_LENGTH:
+        return
+    forms = {value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}
+    global _longest_first
+    with _lock:
+        _secrets.update(forms)
+        _longest_first = sorted(_secrets, key=len, reverse=True)
 
 
 def mask(text: str) -> str:
-    """Return text with every known secret and credential parameter replaced by ***."""
-    for secret in sorted(_secrets, key=len, reverse=True):
+    """Return text with every known secret (in each of its forms), credential parameter and URL
+    password replaced by ***.
+    """
+    for secret in _longest_first:
         if secret in text:
             text = text.replace(secret, MASK)
+    text = _URL_PASSWORD.sub(lambda match: match.group(1) + MASK + match.group(2), text)
     return _CREDENTIAL_PATTERN.sub(lambda match: match.group(1) + MASK, text)
 
 

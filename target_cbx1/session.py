@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import typing as t
 from dataclasses import dataclass
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -17,6 +18,7 @@ from requests.structures import CaseInsensitiveDict
 from target_cbx1.auth import TOKEN_PATH, SessionTokenAuth, TokenListener
 from target_cbx1.errors import (
     ApiOutageError,
+    CertificateError,
     CredentialsError,
     RedirectedError,
     RejectedError,
@@ -25,7 +27,7 @@ from target_cbx1.errors import (
     TransientError,
 )
 from target_cbx1.ratelimit import RateLimiter
-from target_cbx1.redaction import mask
+from target_cbx1.redaction import mask, register_secret
 from target_cbx1.responses import read_within, redirect_message, server_message
 from target_cbx1.retries import Action, RetryPolicy, action_for, parse_retry_after
 from target_cbx1.watchdog import Watchdog, watched_pool_classes
@@ -52,6 +54,9 @@ class ApiSession:
     """
 
     def __init__(self, settings: Settings, on_new_token: TokenListener | None = None) -> None:
+        register_secret(urlsplit(settings.api_url).password)
+        for header in settings.custom_headers:
+            register_secret(header.value)
         self.base_url = settings.api_url.rstrip("/") + "/"
         self.timeout = settings.timeout
         self.session = requests.Session()
@@ -73,7 +78,12 @@ class ApiSession:
         # The environment's proxies and CA bundle are read once, not on every request (that costs
         # more CPU than the rest of a request).
         self.session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
-        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self.session.verify = (
+            settings.ca_bundle
+            or os.environ.get("REQUESTS_CA_BUNDLE")
+            or os.environ.get("CURL_CA_BUNDLE")
+            or True
+        )
         self.session.trust_env = False
         connections = HTTPAdapter(pool_maxsize=max(10, 4 * settings.max_concurrency))
         # timeout bounds the whole answer: its headers here, its body in read_within.
@@ -134,6 +144,8 @@ class ApiSession:
                     token_refreshed = True
                     continue
                 return self._accepted(response, action)
+            except requests.exceptions.SSLError as exc:
+                raise CertificateError(certificate_message(self.base_url, exc)) from None
             except requests.RequestException as exc:
                 error = TransientError(describe_network_error(exc, self.timeout))
             except TransientError as exc:
@@ -238,6 +250,18 @@ class ApiSession:
                 "for this organisation or endpoint; ask a CBX1 admin to grant it."
             )
         raise RejectedError(f"CBX1 rejected the request (HTTP {status}: {message})", status, message)
+
+
+def certificate_message(base_url: str, exc: requests.exceptions.SSLError) -> str:
+    """What a failed TLS verification means, and how to trust a private CA; never how to turn it off."""
+    reason = re.search(r"certificate verify failed: ([^(]+)", str(exc))
+    detail = reason.group(1).strip() if reason else mask(str(exc))[:200]
+    return (
+        f"The TLS certificate of {urlsplit(base_url).netloc} could not be verified ({detail}), so the "
+        "run stopped before sending anything more. If CBX1 is reached through a proxy or a private "
+        "certificate authority, set ca_bundle (or the environment variable REQUESTS_CA_BUNDLE) to "
+        "that authority's certificate file; verification is never turned off."
+    )
 
 
 def describe_network_error(exc: requests.RequestException, timeout: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import types
 import typing as t
 from importlib.metadata import PackageNotFoundError, version
@@ -52,11 +53,32 @@ def setting(
     return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 class CustomHeader(BaseModel):
-    """One extra request header."""
+    """One extra request header: a token name, and a value with no line break or control character
+    (which could smuggle another header into every request). The value is never quoted: it may be a
+    secret.
+    """
 
     name: str
     value: str
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_token(cls, name: str) -> str:
+        if not HEADER_NAME.fullmatch(name):
+            raise ValueError("is not a header name (letters, digits and !#$%&'*+-.^_`|~ only)")
+        return name
+
+    @field_validator("value")
+    @classmethod
+    def _value_has_no_control_characters(cls, value: str) -> str:
+        if CONTROL_CHARACTERS.search(value):
+            raise ValueError("holds a line break or another control character")
+        return value
 
 
 class Settings(BaseModel):
@@ -77,6 +99,12 @@ class Settings(BaseModel):
         json_type=["string", "integer"],
         description="CBX1 organisation id, sent as the x-organisation-id header. HotGlue's key `OrgId` is "
         "accepted.",
+    )
+    ca_bundle: str | None = setting(
+        None,
+        description="A file of trusted CA certificates (PEM) for a CBX1 reached through a proxy or a "
+        "private certificate authority. Default: REQUESTS_CA_BUNDLE, else the system's. TLS "
+        "verification cannot be turned off.",
     )
     access_token: SecretStr | None = setting(
         None,
@@ -259,6 +287,13 @@ class Settings(BaseModel):
                 "(http is accepted only for 127.0.0.1 / localhost)"
             )
         return value.strip()
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle_is_a_file(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isfile(value):
+            raise ValueError("is not a file of CA certificates")
+        return value
 
     @field_validator("source")
     @classmethod

@@ -9,6 +9,7 @@ import typing as t
 from target_cbx1.contracts.bulk import BulkContract
 from target_cbx1.contracts.ingestion import IngestionContract
 from target_cbx1.records import (
+    PLAIN_WORD,
     LookupKind,
     LookupRule,
     PayloadOptions,
@@ -141,6 +142,8 @@ class StreamRouter:
 
     def _flat(self, stream: str, key_properties: Sequence[str]) -> StreamRoute:
         lookup = lookup_rule_for(stream, key_properties, self._settings.lookup_fields)
+        if not PLAIN_WORD.fullmatch(stream):  # the name goes into the URL: it may not change the path
+            return StreamRoute(stream, "flat", None, lookup, self._sources, self._options, unfit_name(stream))
         contract = BulkContract(stream, lookup.normalise if lookup else str)
         problem = None if lookup else missing_lookup_message(stream)
         return StreamRoute(stream, "flat", contract, lookup, self._sources, self._options, problem)
@@ -166,6 +169,14 @@ class StreamRouter:
         self._logged.add((route.stream, description))
         level = logging.ERROR if route.problem else logging.INFO
         logger.log(level, "Stream %r: %s", route.stream, description)
+
+
+def unfit_name(stream: str) -> str:
+    return (
+        f"stream {stream!r} cannot name a CBX1 endpoint: a stream name in the URL path must be one "
+        "word of letters, digits, _ or - (CBX1's are: accounts, contacts), so its records were not "
+        f'sent; rename the stream with a stream map, e.g. {{"{stream}": {{"__alias__": "accounts"}}}}'
+    )
 
 
 def missing_lookup_message(stream: str) -> str:

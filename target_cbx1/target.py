@@ -30,9 +30,10 @@ from target_cbx1.context import RunContext
 from target_cbx1.dryrun import DryRun
 from target_cbx1.errors import StopRequested
 from target_cbx1.incremental import IncrementalStateFile, state_file_path, write_atomically
+from target_cbx1.jsonio import json_kind
 from target_cbx1.ledger import StateLedger
 from target_cbx1.progress import Progress
-from target_cbx1.reader import INPUT_ERRORS, NumberedLineReader, batch_file_lines, json_kind
+from target_cbx1.reader import INPUT_ERRORS, NumberedLineReader, batch_file_lines
 from target_cbx1.redaction import install_log_masking
 from target_cbx1.session import ApiSession
 from target_cbx1.settings import CONFIG_SCHEMA, Settings, environment_values

@@ -13,7 +13,9 @@ if t.TYPE_CHECKING:
 
 
 def target_path(stream: str, endpoint: str) -> str:
-    """The API path of a stream's /bulk or /upsert endpoint (the stream name URL-quoted)."""
+    """The API path of a stream's /bulk or /upsert endpoint; the stream name is a plain word
+    (streams.py routes no other here), quoted all the same.
+    """
     return f"api/t/v1/targets/{quote(stream, safe='')}/{endpoint}"
 
 
