@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import typing as t
 
@@ -19,6 +20,7 @@ class Entry:
 
     __slots__ = (
         "batch_id",
+        "decisions",
         "error",
         "existing",
         "external_id",
@@ -32,8 +34,15 @@ class Entry:
         "updated",
     )
 
-    def __init__(self, record_hash: str, external_id: t.Any, original: Entry | None = None) -> None:
+    def __init__(
+        self,
+        record_hash: str,
+        external_id: t.Any,
+        original: Entry | None = None,
+        decisions: collections.deque[Entry] | None = None,
+    ) -> None:
         self.hash = record_hash
+        self.decisions = decisions  # where a decision is noted for the incremental journal, when kept
         self.external_id = external_id
         self.original = original
         self.lookup_key: str | None = None
@@ -65,11 +74,15 @@ class Entry:
         """
         self.id, self.updated, self.existing = cbx1_id, updated, existing
         self.success = True
+        if self.decisions is not None:
+            self.decisions.append(self)
 
     def fail(self, error: str) -> None:
         """The record was not written; the reason, with any secret a server echoed masked."""
         self.error = mask(error)
         self.success = False
+        if self.decisions is not None:
+            self.decisions.append(self)
 
     @property
     def outcome(self) -> Entry:
@@ -86,8 +99,8 @@ class Entry:
         return "updated" if self.updated else "success"
 
     def take_outcome(self, earlier: Entry) -> None:
-        """The outcome an earlier run of the job confirmed for this record."""
-        self.succeed(earlier.id)
+        """The outcome an earlier run of the job confirmed for this record (the journal has it already)."""
+        self.id, self.success = earlier.id, True
         self.lookup_key = earlier.lookup_key
         self.batch_id = earlier.batch_id
         self.mapped_record = earlier.mapped_record
@@ -121,6 +134,7 @@ class StateLedger:
     """
 
     def __init__(self) -> None:
+        self._decisions: dict[str, collections.deque[Entry]] | None = None  # kept once journaled
         self._entries: dict[str, list[Entry]] = {}
         self._by_hash: dict[str, dict[str, Entry]] = {}
         self._seeded: dict[str, list[Entry]] = {}
@@ -152,6 +166,20 @@ class StateLedger:
         """Make the stream appear in the state (with zero counts) even before its first record."""
         self._entries.setdefault(stream, [])
         self._by_hash.setdefault(stream, {})
+        if self._decisions is not None:
+            self._decisions.setdefault(stream, collections.deque())
+
+    def keep_decisions(self) -> None:
+        """From now on, note each entry's decision, for `decided_since` (the incremental journal)."""
+        self._decisions = {stream: collections.deque() for stream in self._entries}
+
+    def decided_since(self) -> list[tuple[str, Entry]]:
+        """(stream, entry) for each decision since the last call, in the order they were made."""
+        taken = []
+        for stream, decided in list((self._decisions or {}).items()):
+            while decided:
+                taken.append((stream, decided.popleft()))
+        return taken
 
     def add(self, stream: str, record_hash: str, external_id: t.Any, *, alone: bool = False) -> Entry:
         """This run's entry for a record. It is to be sent only while it is undecided and has no
@@ -160,14 +188,15 @@ class StateLedger:
         be sent) is never an identical repeat, nor takes an earlier outcome.
         """
         self.open_stream(stream)
+        decisions = self._decisions[stream] if self._decisions is not None else None
         if alone:
             self._claim(stream, record_hash)
-            entry = Entry(record_hash, external_id)
+            entry = Entry(record_hash, external_id, decisions=decisions)
             self._entries[stream].append(entry)
             return entry
         claimed = self._claim(stream, record_hash)
         first = self._by_hash[stream].get(record_hash)
-        entry = Entry(record_hash, external_id, original=first)
+        entry = Entry(record_hash, external_id, original=first, decisions=decisions)
         if first is None:
             self._by_hash[stream][record_hash] = entry
             if claimed is not None:

@@ -115,6 +115,8 @@ class TargetCBX1(Target):
         )
         self.reader.before_line = self._before_line
         self._resume()
+        if self.incremental is not None:
+            self.incremental.start(self.ledger)
 
     def _before_line(self) -> None:
         """Before each line: stop with the error that stopped a request, or for a signal or an outage."""
@@ -317,11 +319,9 @@ class TargetCBX1(Target):
         sys.exit(exit_status_after(stop.signal_name))
 
     def checkpoint(self) -> None:
-        """After each request: forward tap STATEs now covered, refresh the incremental file if due."""
+        """After each request: forward tap STATEs now covered (the incremental file keeps itself current)."""
         if self.tap_state is not None:
             self.tap_state.forward_ready()
-        if self.incremental is not None:
-            self.incremental.save_if_due(self.ledger)
 
     def write_state(self) -> None:
         """The run's output: summary on stderr, state on stdout (HotGlue line or tap STATE), files."""
@@ -350,6 +350,13 @@ class TargetCBX1(Target):
         for state_file in (self.incremental, self.results):
             if state_file is not None:
                 state_file.save(self.ledger)
+        if self.incremental is not None:
+            self.logger.info(
+                "Incremental state %s: %d bytes written in all, for a final file of %d bytes",
+                self.incremental.path,
+                self.incremental.bytes_written,
+                self.incremental.path.stat().st_size if self.incremental.path.exists() else 0,
+            )
 
     # Config
 

@@ -9,6 +9,7 @@ import threading
 from decimal import Decimal
 from typing import Any
 
+from target_cbx1.incremental import IncrementalStateFile, merged
 from target_cbx1.ledger import StateLedger
 
 
@@ -269,3 +270,57 @@ def test_the_state_can_be_written_while_streams_open_in_another_thread():
         sys.setswitchinterval(switch_interval)
 
     assert failures == []
+
+
+def test_the_incremental_file_writes_at_most_three_times_its_final_size(tmp_path):
+    state_file = IncrementalStateFile(tmp_path / "state.json")
+    ledger = StateLedger()
+    state_file.start(ledger)
+    for batch in range(400):
+        for number in range(50):
+            ledger.add("accounts", f"h{batch}-{number}", f"A{batch}-{number}").succeed(f"id-{batch}-{number}")
+        state_file.flush(ledger)  # what the journal thread does once a second
+
+    state_file.save(ledger)
+
+    final = (tmp_path / "state.json").stat().st_size
+    assert len(state_of_file(tmp_path / "state.json")["bookmarks"]["accounts"]) == 20_000
+    assert state_file.bytes_written <= 3 * final
+    assert not (tmp_path / "state.json.journal").exists()
+
+
+def test_a_crashed_run_is_read_back_from_the_file_and_its_journal_a_torn_line_ignored(tmp_path):
+    state_file = IncrementalStateFile(tmp_path / "state.json")
+    ledger = StateLedger()
+    state_file.start(ledger)
+    ledger.add("accounts", "h1", "A1").succeed("id-1")
+    failed = ledger.add("accounts", "h2", "A2")
+    failed.fail("boom")
+    state_file.flush(ledger)
+    with state_file.journal_path.open("ab") as journal:
+        journal.write(b'["accounts", {"hash": "h3", "succ')  # the crash tore the last line
+
+    earlier = IncrementalStateFile(tmp_path / "state.json").load()
+
+    assert earlier is not None
+    assert [(b["hash"], b["success"]) for b in earlier["bookmarks"]["accounts"]] == [
+        ("h1", True),
+        ("h2", False),
+    ]
+
+
+def test_a_later_journal_entry_for_a_record_replaces_the_earlier_one_in_place():
+    bookmarks = {"accounts": [{"hash": "a", "success": False}, {"hash": "b", "success": True}]}
+
+    merged_state = merged(
+        bookmarks, [("accounts", {"hash": "a", "success": True}), ("contacts", {"hash": "c"})]
+    )
+
+    assert merged_state == {
+        "accounts": [{"hash": "a", "success": True}, {"hash": "b", "success": True}],
+        "contacts": [{"hash": "c"}],
+    }
+
+
+def state_of_file(path) -> dict[str, Any]:
+    return json.loads(path.read_text())

@@ -284,12 +284,15 @@ def test_a_killed_run_resumes_from_the_incremental_file_without_sending_twice(tm
                 stderr=subprocess.PIPE,
                 env=env_with(None),
             )
+        journal = state_file.with_name(state_file.name + ".journal")
         deadline = time.monotonic() + 20
-        while not state_file.exists() and time.monotonic() < deadline:
+        while not (journal.exists() and journal.stat().st_size) and time.monotonic() < deadline:
             time.sleep(0.1)
         process.kill()  # no chance to write anything more
         process.communicate(timeout=10)
-        saved = json.loads(state_file.read_text())["bookmarks"]["accounts"]
+        earlier = incremental.IncrementalStateFile(state_file).load()  # the file and its journal
+        assert earlier is not None
+        saved = earlier["bookmarks"]["accounts"]
         assert 0 < len(saved) < 600
         assert all(entry["success"] for entry in saved)
         assert_no_partial_claims(saved, sandbox)
