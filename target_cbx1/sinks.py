@@ -13,9 +13,6 @@ from target_cbx1.client import ApiSink, Pending, repeated_miss
 from target_cbx1.contracts.base import Outcome
 from target_cbx1.errors import ApiOutageError, RejectedError, RequestFailedError
 
-if t.TYPE_CHECKING:
-    from collections.abc import Iterator
-
 
 @dataclass
 class _Chunk:
@@ -34,6 +31,7 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self._queue: list[Pending] = []
+        self._kept = 0  # records a partial batch left queued (waiting keys, chunks not yet full)
 
     @property
     def max_size(self) -> int:
@@ -43,6 +41,11 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
     def current_size(self) -> int:
         return len(self._queue)
 
+    @property
+    def is_full(self) -> bool:
+        """A chunk's worth of records came since the last batch: time for a partial one."""
+        return len(self._queue) - self._kept >= self.max_size
+
     def enqueue(self, pending: Pending) -> None:
         self._queue.append(pending)
 
@@ -51,46 +54,59 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         where `process_chunk` posts it (make_batch_request), reads CBX1's answer
         (handle_batch_response) and records each record's state (update_state). The pool runs up to
         max_concurrency chunks at once while the target reads on.
+
+        With `context["partial"]` (the queue is full while input goes on), only full chunks go, and a
+        record whose lookup key is in flight stays queued on its own, so it neither splits nor holds
+        up the chunks behind it. Otherwise (the end of the input, a schema change, a STATE) every
+        record goes, in as many rounds as repeated keys need.
         """
+        partial_batch = bool(context.get("partial"))
         queue, self._queue = self._queue, []
-        for chunk in self.chunks(queue):
-            self.dispatch(chunk, partial(self.process_chunk, chunk))
+        while queue:
+            ready, queue = self.plan(queue, partial_batch=partial_batch)
+            for chunk in ready:
+                self.dispatch(chunk, partial(self.process_chunk, chunk))
+            if partial_batch:
+                break
+        self._queue, self._kept = queue, len(queue)
 
-    def chunks(self, queue: list[Pending]) -> Iterator[list[Pending]]:
-        """Chunks of at most batch_size records, each for one path (one source and object type),
-        with no lookup key twice, and within max_request_bytes when it is set.
+    def plan(self, queue: list[Pending], *, partial_batch: bool) -> tuple[list[list[Pending]], list[Pending]]:
+        """(chunks to send now, records to keep queued, in input order) from a queue.
 
-        One chunk is open per path, so interleaved sources still fill their chunks. A record whose
-        lookup key waits in an open chunk closes that chunk first: the upserts of a key leave in
-        input order.
+        Chunks hold at most batch_size records, each for one path (one source and object type),
+        with no lookup key twice, within max_request_bytes when it is set; one chunk is open per
+        path, so interleaved sources still fill theirs. A record whose key is already in this plan,
+        or (in a partial batch) in flight, waits for a later round, and so do the later records of
+        its key: the upserts of a key leave in input order.
         """
         limit, size = self.settings.max_request_bytes, self.max_size
         empty = self.wrapping_bytes if limit is not None and queue else 0  # the body without records
+        in_flight = self.run.requests.keys if partial_batch else frozenset()
         open_chunks: dict[str, _Chunk] = {}
-        holder: dict[str, str] = {}  # lookup key -> path of the open chunk holding it
-
-        def close(path: str) -> list[Pending]:
-            closed = open_chunks.pop(path).records
-            for pending in closed:
-                del holder[pending.key]
-            return closed
-
+        ready: list[list[Pending]] = []
+        taken: set[str] = set()  # keys placed, or waiting, in this plan
         for pending in queue:
-            if pending.key in holder:
-                yield close(holder[pending.key])
+            if pending.key in taken or pending.key in in_flight:
+                taken.add(pending.key)
+                continue
             chunk = open_chunks.get(pending.path)
             if chunk is not None and (
                 len(chunk.records) == size or (limit is not None and chunk.size + 1 + pending.size > limit)
             ):
-                yield close(pending.path)
+                ready.append(chunk.records)
                 chunk = None
             if chunk is None:
                 chunk = open_chunks[pending.path] = _Chunk([], empty - 1)
             chunk.records.append(pending)
             chunk.size += 1 + pending.size  # a comma before each record but the first
-            holder[pending.key] = pending.path
-        for path in list(open_chunks):
-            yield close(path)
+            taken.add(pending.key)
+        ready += [
+            chunk.records for chunk in open_chunks.values() if not partial_batch or len(chunk.records) == size
+        ]
+        if sum(len(chunk) for chunk in ready) == len(queue):
+            return ready, []
+        sent = {id(pending) for chunk in ready for pending in chunk}
+        return ready, [pending for pending in queue if id(pending) not in sent]
 
     def make_batch_request(self, records: list[dict]) -> dict:
         """POST one chunk of prepared records through the stream's contract; CBX1's whole answer.

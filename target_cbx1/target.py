@@ -49,6 +49,7 @@ if t.TYPE_CHECKING:
 CONFIG_PATHS = "target_cbx1.config_paths"
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 STOP_GRACE_SECONDS = 5.0  # how long requests in flight may take to finish after a stop signal
+PARTIAL_BATCH = {"partial": True}  # BatchSink.process_batch: full chunks only, the input goes on
 
 
 class TargetCBX1(Target):
@@ -211,8 +212,8 @@ class TargetCBX1(Target):
             self._assert_sink_exists(stream_map.stream_alias)
             sink = t.cast("BatchSink | RecordSink", self.get_sink(stream_map.stream_alias, record=record))
             sink.accept(received, record)
-            if sink.is_full:
-                self.drain_one(sink)
+            if sink.is_full:  # only a BatchSink fills: its full chunks go, the rest stays queued
+                sink.process_batch(PARTIAL_BATCH)
         self._handle_max_record_age()
         self.progress.tick()
 

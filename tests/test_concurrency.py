@@ -74,6 +74,25 @@ def test_a_lookup_key_is_never_in_two_requests_at_once_and_the_last_write_wins(s
     assert_matches_sandbox(result.entries("contacts"), slow_sandbox, "contacts")
 
 
+def test_a_repeated_key_waits_on_its_own_and_requests_stay_full(slow_sandbox, tmp_path):
+    emails = [f"person{n - 5 if n % 10 == 0 and n >= 5 else n}@example.com" for n in range(400)]  # 1 in 10
+
+    result = run_command(sandbox_config(slow_sandbox, max_concurrency=8), tmp_path, contacts(emails))
+
+    assert result.returncode == 0, result.stderr
+    sizes = [len(exchange.lookup_keys) for exchange in slow_sandbox.exchanges]
+    assert len(sizes) == 20  # 400 records in full chunks of 20, none split by a repeat
+    for first, second in itertools.combinations(slow_sandbox.exchanges, 2):
+        if first.received_at < second.answered_at and second.received_at < first.answered_at:
+            assert not set(first.lookup_keys) & set(second.lookup_keys)
+    stored = slow_sandbox.records("contacts")
+    for n in range(10, 400, 10):
+        assert stored[f"person{n - 5}@example.com"].record["crmAssociationId"] == str(
+            n
+        )  # the later write won
+    assert_matches_sandbox(result.entries("contacts"), slow_sandbox, "contacts")
+
+
 def test_state_keeps_input_order_when_answers_come_back_out_of_order(sandbox, tmp_path):
     sandbox.add_fault("slow=0.5")  # the first request answers last
 

@@ -675,7 +675,7 @@ def test_a_400_about_the_source_or_object_type_in_any_wording_is_not_isolated(ap
     assert all(message in entry["error"] for entry in entries(state, "accounts"))
 
 
-def test_interleaved_sources_share_no_request_yet_are_not_sent_one_by_one_and_keep_key_order(api, capsys):
+def test_interleaved_sources_share_no_request_yet_travel_in_full_chunks_and_keep_key_order(api, capsys):
     api.post(HUBSPOT_ACCOUNTS, json=records_answer())
     api.post(SALESFORCE_ACCOUNTS, json=records_answer())
     messages = [envelope_schema("accounts")]
@@ -687,7 +687,7 @@ def test_interleaved_sources_share_no_request_yet_are_not_sent_one_by_one_and_ke
     state = run_target(make_config(max_concurrency=1), messages, capsys).state
 
     requests = [(r.url, {record["source"] for record in r.json()["records"]}) for r in data_requests(api)]
-    assert len(requests) == 5  # each queue of 20 goes out as one chunk per source, not 20 requests
+    assert len(requests) == 3  # full chunks per source (20 + 20 + 1), not one record per request
     assert all(sources == {url.split("/")[-3]} for url, sources in requests)
     company3 = [
         record["data"]["n"]
