@@ -141,6 +141,13 @@ class Settings(BaseModel):
         "request (RecordSink: /upsert, or a records request of one).",
     )
     batch_size: int = setting(20, ge=1, le=10_000, description="Records per request in batch mode.")
+    max_chunk_wait_seconds: float = setting(
+        5,
+        gt=0,
+        le=3600,
+        description="Longest a partly filled chunk waits for more records before it is sent (at the "
+        "next input line after that), so a slow tap's records, and in singer mode its STATE, still move.",
+    )
     max_request_bytes: int | None = setting(
         None,
         gt=0,

@@ -32,6 +32,7 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         super().__init__(*args, **kwargs)
         self._queue: list[Pending] = []
         self._kept = 0  # records a partial batch left queued (waiting keys, chunks not yet full)
+        self._waiting_since: float | None = None  # when the oldest queued record came
 
     @property
     def max_size(self) -> int:
@@ -47,7 +48,13 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         return len(self._queue) - self._kept >= self.max_size
 
     def enqueue(self, pending: Pending) -> None:
+        if not self._queue:
+            self._waiting_since = time.monotonic()
         self._queue.append(pending)
+
+    def waited_longer_than(self, seconds: float, now: float) -> bool:
+        """Whether queued records have waited `seconds` for their chunk to fill."""
+        return self._waiting_since is not None and now - self._waiting_since >= seconds
 
     def process_batch(self, context: dict) -> None:
         """Orchestrate the batch: cut what is queued into chunks and hand each to the request pool,
@@ -69,6 +76,8 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
             if partial_batch:
                 break
         self._queue, self._kept = queue, len(queue)
+        if not queue:
+            self._waiting_since = None
 
     def plan(self, queue: list[Pending], *, partial_batch: bool) -> tuple[list[list[Pending]], list[Pending]]:
         """(chunks to send now, records to keep queued, in input order) from a queue.

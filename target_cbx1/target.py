@@ -50,6 +50,7 @@ CONFIG_PATHS = "target_cbx1.config_paths"
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 STOP_GRACE_SECONDS = 5.0  # how long requests in flight may take to finish after a stop signal
 PARTIAL_BATCH = {"partial": True}  # BatchSink.process_batch: full chunks only, the input goes on
+WAIT_CHECK_SECONDS = 0.5  # how often input lines look for queues that waited long enough
 
 
 class TargetCBX1(Target):
@@ -96,6 +97,7 @@ class TargetCBX1(Target):
         self._config_path = config_path
         self.session = ApiSession(self.settings, on_new_token=self._write_back_token)
         self._finishing = False
+        self._next_wait_check = 0.0
         self.reader = t.cast("NumberedLineReader", self.message_reader)
         path = None if self.settings.dry_run else state_file_path(self.settings.incremental_state_path)
         self.incremental = IncrementalStateFile(path) if path else None
@@ -214,8 +216,22 @@ class TargetCBX1(Target):
             sink.accept(received, record)
             if sink.is_full:  # only a BatchSink fills: its full chunks go, the rest stays queued
                 sink.process_batch(PARTIAL_BATCH)
+        self._send_what_waited()
         self._handle_max_record_age()
         self.progress.tick()
+
+    def _send_what_waited(self) -> None:
+        """Send the queues whose records waited max_chunk_wait_seconds for their chunk to fill
+        (looked at twice a second at most, at input lines)."""
+        now = time.monotonic()
+        if now < self._next_wait_check:
+            return
+        self._next_wait_check = now + WAIT_CHECK_SECONDS
+        for sink in self.api_sinks():
+            if isinstance(sink, BatchSink) and sink.waited_longer_than(
+                self.settings.max_chunk_wait_seconds, now
+            ):
+                self.drain_one(sink)
 
     def _process_schema_message(self, message_dict: dict) -> None:
         """Send a stream's queued records before its schema changes, so upserts stay in order.
@@ -247,14 +263,15 @@ class TargetCBX1(Target):
             ) from None
 
     def _process_state_message(self, message_dict: dict) -> None:
-        """Singer mode: send what is queued and forward the STATE once its records are done.
+        """Singer mode: hold the STATE until every record before it is decided, then forward it. The
+        queues are not drained for it, so requests stay full; max_chunk_wait_seconds bounds the wait.
 
         HotGlue mode: the target's own state line is the output, so tap STATE is not forwarded.
         """
         self._assert_line_requires(message_dict, requires={"value"})
         if self.tap_state is not None:
-            self.drain_all()
             self.tap_state.received(message_dict["value"])
+            self._send_what_waited()
 
     def process_endofpipe(self) -> None:
         """Send what is queued; each sink's clean-up waits for its requests; then write the state."""

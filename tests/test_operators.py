@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from target_cbx1.sandbox import Sandbox
 from tests.conftest import ACCESS_KEY, ORG_ID, lines_of, sandbox_config
@@ -134,3 +135,37 @@ def test_progress_lines_and_the_final_summary_table(tmp_path):
         "rec/s",
     ]
     assert row[:7] == ["accounts", "200", "200", "0", "0", "10", "1"]
+
+
+def test_a_tap_writing_state_every_five_records_still_gets_full_requests(sandbox, tmp_path):
+    messages: list[dict] = [ACCOUNTS]
+    for n in range(0, 200, 5):
+        messages += [*map(account, range(n, n + 5)), state(n + 5)]
+
+    result = run_command(sandbox_config(sandbox, state_output="singer"), tmp_path, lines_of(messages))
+
+    assert result.returncode == 0, result.stderr
+    sizes = [len(exchange.lookup_keys) for exchange in sandbox.exchanges]
+    assert sum(sizes) == 200
+    assert sum(sizes) / len(sizes) >= 15
+    forwarded = [json.loads(line) for line in result.stdout.splitlines()]
+    assert forwarded[-1] == state(200)["value"]
+    positions = [value["bookmarks"]["companies"]["updatedAt"] for value in forwarded]
+    assert positions == sorted(positions)
+
+
+def test_a_slow_tap_s_records_and_state_move_after_max_chunk_wait_seconds(sandbox, tmp_path):
+    config = sandbox_config(sandbox, state_output="singer", max_chunk_wait_seconds=0.5)
+    process = start_command(config, tmp_path, lines_of([ACCOUNTS, account(1), account(2), state(2)]))
+    assert process.stdin is not None
+    assert process.stdout is not None
+    time.sleep(1.2)
+    process.stdin.write(lines_of([state(2)]))  # the tap's next line, long after: the chunk has waited enough
+    process.stdin.flush()
+
+    line = process.stdout.readline()  # forwarded while the tap is still running
+
+    assert json.loads(line) == state(2)["value"]
+    assert len(sandbox.exchanges) == 1
+    process.stdin.close()
+    assert process.wait(timeout=30) == 0
