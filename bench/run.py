@@ -1,8 +1,11 @@
 """`make bench`: target-cbx1's throughput, CPU and memory against the local sandbox, as a table.
 
 Every run is a separate process measured with os.wait4 (user + sys CPU seconds, peak RSS), so the
-sandbox's own work is never counted; the CPU comparison takes the median of three runs of each. The
-input is HubSpot-shaped contacts (27 fields) as HotGlue's ETL writes them.
+sandbox's own work is never counted. The CPU comparison with a plain singer-sdk target takes the
+median of interleaved rounds (ours, plain, ours, plain...), so a machine whose speed drifts weighs
+on both alike. The input is HubSpot-shaped contacts (27 fields), flat as HotGlue's ETL writes them
+and as the envelopes CBX1's own ETL writes for the records endpoint. With the incremental state on,
+the target's log says how many bytes it wrote, against the final file.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -85,24 +89,38 @@ def write_input(path: Path, count: int) -> Path:
     return path
 
 
-def measure(command: list[str], stdin: Path, records: int) -> Run:
-    """Run a command on a file, its stdout and stderr discarded, and read its resource use."""
+ENVELOPE_TYPES = ["null", "boolean", "string", "integer", "number", "object"]
+ENVELOPE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        name: {"type": ENVELOPE_TYPES} for name in ("data", "sourceRecordId", "source", "lookupKey")
+    },
+}
+
+
+def write_envelopes(path: Path, count: int) -> Path:
+    """The same contacts as CBX1's ETL writes them for the records endpoint."""
+    with path.open("w") as out:
+        schema = {"type": "SCHEMA", "stream": "contacts", "schema": ENVELOPE_SCHEMA, "key_properties": []}
+        out.write(json.dumps(schema) + "\n")
+        for n in range(count):
+            data = contact(n)
+            envelope = {"data": data, "sourceRecordId": data["crmAssociationId"], "source": "HUBSPOT"}
+            record = {**envelope, "lookupKey": data["email"]}
+            out.write(json.dumps({"type": "RECORD", "stream": "contacts", "record": record}) + "\n")
+    return path
+
+
+def measure(command: list[str], stdin: Path, records: int, log: Path | None = None) -> Run:
+    """Run a command on a file, its stdout discarded (stderr kept in `log`), and read its resource use."""
     started = time.monotonic()
-    with stdin.open("rb") as source:
-        process = subprocess.Popen(
-            command, stdin=source, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+    with stdin.open("rb") as source, log.open("wb") if log else open(os.devnull, "wb") as errors:
+        process = subprocess.Popen(command, stdin=source, stdout=subprocess.DEVNULL, stderr=errors)
         _, status, usage = os.wait4(process.pid, 0)
     wall = time.monotonic() - started
     if status != 0:
         raise SystemExit(f"{' '.join(command)} failed with status {status}")
     return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, records)
-
-
-def median_of(times: int, command: list[str], stdin: Path, records: int) -> Run:
-    """The run with the median CPU time of several: a single run varies by 10-20% on a busy machine."""
-    runs = sorted((measure(command, stdin, records) for _ in range(times)), key=lambda run: run.cpu)
-    return runs[len(runs) // 2]
 
 
 class SandboxProcess:
@@ -132,47 +150,93 @@ def target_command(workdir: Path, url: str, **settings: object) -> list[str]:
 def main() -> int:
     cli = argparse.ArgumentParser(description=__doc__)
     cli.add_argument("--latency-records", type=int, default=6000, help="records for the 50 ms latency runs")
-    cli.add_argument("--records", type=int, default=20000, help="records for the CPU and memory runs")
-    cli.add_argument("--big", type=int, default=80000, help="records for the second memory run")
+    cli.add_argument(
+        "--records", type=int, default=20000, help="records for the CPU runs and the first memory run"
+    )
+    cli.add_argument(
+        "--big", type=int, default=100000, help="records for the second memory and linearity run"
+    )
+    cli.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the CPU comparison")
     args = cli.parse_args()
     with tempfile.TemporaryDirectory(prefix="cbx1-bench-") as temp:
         workdir = Path(temp)
-        small = write_input(workdir / "latency.singer", args.latency_records)
-        main_input = write_input(workdir / "main.singer", args.records)
+        inputs = {
+            "flat": write_input(workdir / "flat.singer", args.records),
+            "envelope": write_envelopes(workdir / "envelope.singer", args.records),
+        }
+        small = {"flat": write_input(workdir / "latency.singer", args.latency_records)}
+        small["envelope"] = write_envelopes(workdir / "latency-envelope.singer", args.latency_records)
         big = write_input(workdir / "big.singer", args.big)
-        rows = []
+        rows: list[tuple[str, Run, str]] = []
         with SandboxProcess(latency_ms=50) as sandbox:
-            one = measure(
-                target_command(workdir, sandbox.url, max_concurrency=1), small, args.latency_records
-            )
-            default = measure(target_command(workdir, sandbox.url), small, args.latency_records)
-        rows.append(("50 ms latency, max_concurrency 1", one, ""))
-        rows.append(
-            ("50 ms latency, default (8)", default, f"{default.per_second / one.per_second:.1f}x the 1 run")
-        )
+            for shape, stdin in small.items():
+                one = measure(
+                    target_command(workdir, sandbox.url, max_concurrency=1), stdin, args.latency_records
+                )
+                default = measure(target_command(workdir, sandbox.url), stdin, args.latency_records)
+                rows.append((f"50 ms latency, {shape}, max_concurrency 1", one, ""))
+                ratio = f"{default.per_second / one.per_second:.1f}x the 1 run"
+                rows.append((f"50 ms latency, {shape}, default (8)", default, ratio))
+        plain_command = [sys.executable, str(ROOT / "bench" / "plain_target.py")]
+        runs: dict[str, list[Run]] = {}
         with SandboxProcess(latency_ms=0) as sandbox:
-            ours = median_of(3, target_command(workdir, sandbox.url), main_input, args.records)
-            ours_big = measure(target_command(workdir, sandbox.url), big, args.big)
-        plain = median_of(
-            3, [sys.executable, str(ROOT / "bench" / "plain_target.py")], main_input, args.records
-        )
+            ours_command = target_command(workdir, sandbox.url)
+            for _ in range(args.rounds):  # interleaved: the machine's drift falls on both alike
+                for shape, stdin in inputs.items():
+                    runs.setdefault(f"ours {shape}", []).append(measure(ours_command, stdin, args.records))
+                    runs.setdefault(f"plain {shape}", []).append(measure(plain_command, stdin, args.records))
+            journal = workdir / "incremental.json"
+            kept = target_command(workdir, sandbox.url, incremental_state_path=str(journal))
+            first = measure(kept, inputs["flat"], args.records)
+            journal.unlink()
+            log = workdir / "big.log"
+            second = measure(kept, big, args.big, log)
+        for shape in inputs:
+            ours, plain = median(runs[f"ours {shape}"]), median(runs[f"plain {shape}"])
+            ratio = f"{ours.cpu / plain.cpu:.2f}x plain SDK CPU (median of {args.rounds}, interleaved)"
+            rows.append((f"no latency, {shape}, target-cbx1", ours, ratio))
+            rows.append((f"no latency, {shape}, plain singer-sdk target", plain, ""))
         floor_code = "import json, sys\nfor line in sys.stdin: json.loads(line)"
-        floor = measure([sys.executable, "-c", floor_code], main_input, args.records)
         rows.append(
             (
-                "no latency, target-cbx1 (whole record path)",
-                ours,
-                f"{ours.cpu / plain.cpu:.2f}x plain SDK CPU",
+                "bare json.loads loop (floor)",
+                measure([sys.executable, "-c", floor_code], inputs["flat"], args.records),
+                "",
             )
         )
-        rows.append(("no latency, plain singer-sdk target", plain, ""))
-        rows.append(("bare json.loads loop (floor)", floor, ""))
-        rows.append((f"target-cbx1, {args.big} records", ours_big, ""))
-    print_table(rows, ours, ours_big, args)
+        rows.append((f"target-cbx1, incremental state on, {args.records} records", first, ""))
+        linear = (second.cpu / second.records) / (first.cpu / first.records)
+        rows.append(
+            (
+                f"target-cbx1, incremental state on, {args.big} records",
+                second,
+                f"{linear:.2f}x the CPU per record",
+            )
+        )
+        journal_account = journal_line(log)
+    print_table(rows, first, second, args, journal_account)
     return 0
 
 
-def print_table(rows: list[tuple[str, Run, str]], ours: Run, ours_big: Run, args: argparse.Namespace) -> None:
+def median(runs: list[Run]) -> Run:
+    return sorted(runs, key=lambda run: run.cpu)[len(runs) // 2]
+
+
+def journal_line(log: Path) -> str:
+    """The target's own account of what the incremental state cost to write."""
+    lines = [line for line in log.read_text().splitlines() if "bytes written in all" in line]
+    if not lines:
+        return "Incremental state: no account in the log"
+    written, final = (int(number) for number in re.findall(r"(\d+) bytes", lines[-1]))
+    ratio = written / final
+    return (
+        f"Incremental state: {written:,} bytes written in all for a final file of {final:,} ({ratio:.2f}x)."
+    )
+
+
+def print_table(
+    rows: list[tuple[str, Run, str]], ours: Run, ours_big: Run, args: argparse.Namespace, journal: str
+) -> None:
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print()
     print("| Run | Records | Records/s | CPU s | CPU us/record | Peak RSS MiB | Note |")
@@ -186,6 +250,7 @@ def print_table(rows: list[tuple[str, Run, str]], ours: Run, ours_big: Run, args
     print()
     growth = f"{args.records} -> {args.big} records"
     print(f"Peak RSS grows by {per_record:.0f} bytes per additional record ({growth}).")
+    print(journal)
 
 
 if __name__ == "__main__":
