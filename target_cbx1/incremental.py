@@ -131,6 +131,8 @@ class IncrementalStateFile:
         once the journal has grown to twice its size.
         """
         with self._lock:
+            if self._stop.is_set():  # saved for good: the journal is done with
+                return
             lines = [jsonio.encode([stream, entry.as_bookmark()]) for stream, entry in ledger.decided_since()]
             if not lines:
                 return
