@@ -42,6 +42,15 @@ def run_bytes(sandbox: Sandbox, tmp_path, data: bytes) -> Result:
     return Result(decoded)
 
 
+def assert_the_deep_record_failed_alone(result: Result) -> None:
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    bad, good = result.entries("accounts")
+    assert bad["success"] is False
+    assert "nested too deeply" in bad["error"]
+    assert good["success"] is True
+
+
 def test_a_utf8_bom_before_the_first_line_is_accepted(sandbox, tmp_path):
     data = b"\xef\xbb\xbf" + (lines_of([SCHEMA]) + account_line(1) + "\n").encode()
 
@@ -97,12 +106,7 @@ def test_a_record_nested_too_deeply_fails_alone_without_a_traceback(sandbox, tmp
         sandbox_config(sandbox), tmp_path, lines_of([SCHEMA]) + deep + "\n" + account_line(8) + "\n"
     )
 
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    bad, good = result.entries("accounts")
-    assert bad["success"] is False
-    assert "nested too deeply" in bad["error"]
-    assert good["success"] is True
+    assert_the_deep_record_failed_alone(result)
 
 
 def test_a_record_that_is_not_an_object_fails_alone_naming_its_line(sandbox, tmp_path):
@@ -237,12 +241,7 @@ def test_a_record_nested_hundreds_deep_with_text_to_repair_fails_alone(sandbox, 
         lines_of([SCHEMA]) + deep + "\n" + account_line(8) + "\n",
     )
 
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    bad, good = result.entries("accounts")
-    assert bad["success"] is False
-    assert "nested too deeply" in bad["error"]
-    assert good["success"] is True
+    assert_the_deep_record_failed_alone(result)
 
 
 def test_batch_lines_are_repaired_like_record_lines(sandbox, tmp_path):
