@@ -259,10 +259,7 @@ class ApiSink(Sink):
             answer = self.post(path, self.contract.single_body(record))
             outcome = self.contract.single_outcome(path, answer.get("data"), key)
         except RequestFailedError as exc:
-            if repeated_miss(exc):
-                self.run.checkpoint()
-            else:
-                self.finish_request(path, 1, started, 1, str(exc))
+            self.finish_request(path, 1, started, 1, str(exc), quiet=repeated_miss(exc))
             outcome = Outcome(False, error=str(exc))
         else:
             self.finish_request(path, 1, started, 0 if outcome.success else 1)
@@ -308,28 +305,33 @@ class ApiSink(Sink):
             entry.fail(state.get("error") or "CBX1 did not write the record (no reason given)")
 
     def fail_all(
-        self, batch: t.Sequence[Pending], path: str, started: float, error: str, *, log: bool = True
+        self, batch: t.Sequence[Pending], path: str, started: float, error: str, *, quiet: bool = False
     ) -> None:
         """The whole request failed: each of its records fails with the reason."""
         for pending in batch:
             pending.entry.fail(error)
-        if log:
-            self.finish_request(path, len(batch), started, len(batch), error)
-        else:
-            self.run.checkpoint()
+        self.finish_request(path, len(batch), started, len(batch), error, quiet=quiet)
 
     def finish_request(
-        self, path: str, count: int, started: float, failed: int, error: str | None = None
+        self,
+        path: str,
+        count: int,
+        started: float,
+        failed: int,
+        error: str | None = None,
+        *,
+        quiet: bool = False,
     ) -> None:
         """Log the request, then checkpoint.
 
         ERROR with the reason when all of it failed, WARNING when some records failed, else DEBUG
         (a line per successful request would cost more CPU than the rest of the record path).
+        `quiet`: a failure already logged once (a missing endpoint), not logged again.
         """
         took = time.monotonic() - started
-        if error is not None:
+        if error is not None and not quiet:
             self.logger.error("%s: %d records failed in %.3f s: %s", path, count, took, error)
-        else:
+        elif error is None:
             level = logging.WARNING if failed else logging.DEBUG
             message = "%s: %d records in %.3f s: %d succeeded, %d failed"
             self.logger.log(level, message, path, count, took, count - failed, failed)

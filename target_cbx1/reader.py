@@ -120,10 +120,6 @@ class NumberedLineReader(SimpleSingerReader):
             self.repairs[stream] += 1
         return reading.value, reading.problem and f"{reading.problem}, so the record was not sent"
 
-    def deserialize_json(self, line: str) -> dict:
-        """The SDK's hook, for callers that hand over text."""
-        return self.parse(line.encode("utf-8", "surrogatepass"))
-
     def _record_of_its_stream(self, line: bytes, where: str) -> dict:
         stream = _STREAM.search(line)
         if stream is None or b'"RECORD"' not in line:

@@ -100,7 +100,7 @@ class LookupRule:
         """
         if not isinstance(value, str) or self.kind == "text":
             return str(value).strip()
-        cleaned = normalise_domain(value) if self.kind == "domain" else normalise_email(value)
+        cleaned = self.cleaned(value)
         return cleaned if cleaned.isascii() else ascii_form(cleaned)
 
     def key_of(self, value: object) -> str:

@@ -81,11 +81,6 @@ def decode_leniently(content: bytes) -> t.Any:
         return json.loads(content)
 
 
-def read_envelope_data(response: requests.Response) -> t.Any:
-    """`data` of a 2xx CM000 answer (see read_answer)."""
-    return read_answer(response).get("data")
-
-
 def read_within(response: requests.Response, deadline: float, timeout: float) -> None:
     """Read a streamed answer's body, so that `timeout` bounds the whole answer, not each read:
     a server that trickles its answer byte by byte is given up on at the deadline.

@@ -158,7 +158,7 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
             if isinstance(exc, RejectedError) and self.contract.isolates(path, exc, keys):
                 self._isolate(chunk, path, exc)
             else:
-                self.fail_all(chunk, path, started, str(exc), log=not repeated_miss(exc))
+                self.fail_all(chunk, path, started, str(exc), quiet=repeated_miss(exc))
             return
         states = self.handle_batch_response(response, records)["state_updates"]
         for pending, state in zip(chunk, states, strict=True):
