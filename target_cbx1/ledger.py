@@ -13,6 +13,7 @@ if t.TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
 SUMMARY_KEYS = ("success", "fail", "existing", "updated")
+WRITE_PIECE_CHARS = 1 << 20
 
 
 class Entry:
@@ -277,17 +278,28 @@ class StateLedger:
         return counts
 
     def write(self, out: SupportsWrite[str]) -> None:
-        """Write the state as one bare JSON line, entry by entry; only confirmed outcomes are in it."""
+        """Write the state as one bare JSON line; only confirmed outcomes are in it.
+
+        The line goes out in pieces of about a megabyte: an unbuffered stdout (PYTHONUNBUFFERED)
+        would otherwise cost a system call per entry, and memory stays flat however long the line.
+        """
         streams = list(self._entries)  # a stream may open meanwhile (the file is saved from workers)
-        out.write('{"bookmarks":{')
+        pieces = ['{"bookmarks":{']
+        size = 0
         for number, stream in enumerate(streams):
-            out.write(("," if number else "") + encode_text(stream) + ":[")
+            pieces.append(("," if number else "") + encode_text(stream) + ":[")
             for position, entry in enumerate(self.confirmed(stream)):
-                out.write(("," if position else "") + encode_text(entry.as_bookmark()))
-            out.write("]")
-        out.write('},"summary":')
-        out.write(encode_text({stream: self.summary(stream) for stream in streams}))
-        out.write("}\n")
+                piece = ("," if position else "") + encode_text(entry.as_bookmark())
+                pieces.append(piece)
+                size += len(piece)
+                if size > WRITE_PIECE_CHARS:
+                    out.write("".join(pieces))
+                    pieces, size = [], 0
+            pieces.append("]")
+        pieces.append('},"summary":')
+        pieces.append(encode_text({stream: self.summary(stream) for stream in streams}))
+        pieces.append("}\n")
+        out.write("".join(pieces))
 
 
 def superseded_failures(entries: t.Sequence[Entry]) -> dict[str, Entry]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 import signal
@@ -470,6 +471,9 @@ class TargetCBX1(Target):
         except StreamMapConfigError as exc:
             cls.logger.error("Invalid target-cbx1 config: stream_maps: %s", exc)
             sys.exit(2)
+        # What start-up built lives as long as the run: the collector need not look at it again
+        # each time it scans the records' objects (a fifth of the CPU of a run without HTTP).
+        gc.freeze()
         try:
             target.listen(file_input)
             if target.run_context.missing_endpoints:

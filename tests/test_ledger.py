@@ -34,6 +34,27 @@ def test_write_produces_one_line_of_bare_json() -> None:
     assert "type" not in state
 
 
+class CountingWriter(io.StringIO):
+    """A text stream that counts its write calls (an unbuffered stdout makes each a system call)."""
+
+    calls = 0
+
+    def write(self, text: str) -> int:
+        self.calls += 1
+        return super().write(text)
+
+
+def test_a_long_state_line_goes_out_in_few_large_writes() -> None:
+    ledger = StateLedger()
+    for number in range(30000):
+        ledger.add("accounts", f"h{number}", f"00{number}").succeed(f"id-{number}")
+    out = CountingWriter()
+    ledger.write(out)
+    assert out.calls <= 4  # ~3 MB in pieces of about 1 MB, not one call per entry
+    state = json.loads(out.getvalue())
+    assert [entry["hash"] for entry in state["bookmarks"]["accounts"]] == [f"h{n}" for n in range(30000)]
+
+
 def test_empty_ledger_writes_empty_bookmarks_and_summary() -> None:
     assert state_of(StateLedger()) == {"bookmarks": {}, "summary": {}}
 
