@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import collections
 import itertools
+import re
+import threading
 import typing as t
+
+import msgspec
 
 from target_cbx1.jsonio import encode_text
 from target_cbx1.redaction import mask
@@ -14,6 +18,11 @@ if t.TYPE_CHECKING:
 
 SUMMARY_KEYS = ("success", "fail", "existing", "updated")
 WRITE_PIECE_CHARS = 1 << 20
+COMPACT_EVERY = 256  # entries added between two passes that compact the decided ones
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+PLAIN_VALUES = (str, int, bool, type(None))
+_packer = msgspec.msgpack.Encoder()
+_unpacker = msgspec.msgpack.Decoder()
 
 
 class Entry:
@@ -124,6 +133,33 @@ class Entry:
         return bookmark
 
 
+def compact(entry: Entry) -> bytes | None:
+    """A decided entry's bookmark in a fifth of the memory (MessagePack, a SHA-256 hash as its 32
+    bytes); None when a value is not plain text, a whole number, true/false or null (kept as is).
+    """
+    outcome = entry.outcome
+    fields = (entry.external_id, outcome.id, outcome.lookup_key, outcome.error, entry.batch_id)
+    if entry.mapped_record is not None or not all(type(value) in PLAIN_VALUES for value in fields):
+        return None
+    digest = bytes.fromhex(entry.hash) if SHA256_HEX.fullmatch(entry.hash) else entry.hash
+    error = None if outcome.success else outcome.error
+    key = SUMMARY_KEYS.index(entry.summary_key)
+    return _packer.encode((digest, outcome.success, *fields[:3], error, entry.batch_id, key))
+
+
+def expand(item: Entry | bytes) -> Entry:
+    """The entry a compacted one stands for (an entry passes through)."""
+    if not isinstance(item, bytes):
+        return item
+    digest, success, external_id, cbx1_id, lookup_key, error, batch_id, key = _unpacker.decode(item)
+    entry = Entry(digest.hex() if isinstance(digest, bytes) else digest, external_id)
+    entry.id, entry.lookup_key, entry.error, entry.batch_id = cbx1_id, lookup_key, error, batch_id
+    entry.existing = SUMMARY_KEYS[key] == "existing"
+    entry.updated = SUMMARY_KEYS[key] == "updated"
+    entry.success = success
+    return entry
+
+
 class StateLedger:
     """Entries per stream in this run's input order; identical records (same hash) share the first
     one's outcome.
@@ -132,16 +168,23 @@ class StateLedger:
     record of this run that one of them confirmed takes that outcome at its own position and is not
     sent again; one it failed is sent again. Earlier outcomes no record of this run claims are kept,
     and come first in the state.
+
+    Memory: the decided entries at the head of a stream (its decided prefix) are compacted every
+    COMPACT_EVERY records, and counted as they are; only the entries after the prefix (in flight,
+    or decided out of order) are kept as objects. Identical records are found by the hash of their
+    hash (verified on a match), so no 64-character key is kept per record.
     """
 
     def __init__(self) -> None:
         self._decisions: dict[str, collections.deque[Entry]] | None = None  # kept once journaled
-        self._entries: dict[str, list[Entry]] = {}
-        self._by_hash: dict[str, dict[str, Entry]] = {}
+        self._entries: dict[str, list[Entry | bytes]] = {}
+        self._by_hash: dict[str, dict[int, Entry | bytes]] = {}
         self._seeded: dict[str, list[Entry]] = {}
         self._unclaimed: dict[str, dict[str, list[Entry]]] = {}
         self._superseded: dict[str, dict[str, Entry]] = {}
         self._prefix: dict[str, int] = {}
+        self._prefix_counts: dict[str, collections.Counter[str]] = {}
+        self._compacting = threading.Lock()  # the prefix and its counts move together
 
     def seed(self, state: t.Mapping[str, t.Any]) -> int:
         """Take in the entries of an earlier run of the same job; returns how many were taken.
@@ -165,8 +208,10 @@ class StateLedger:
 
     def open_stream(self, stream: str) -> None:
         """Make the stream appear in the state (with zero counts) even before its first record."""
-        self._entries.setdefault(stream, [])
         self._by_hash.setdefault(stream, {})
+        self._prefix.setdefault(stream, 0)
+        self._prefix_counts.setdefault(stream, collections.Counter())
+        self._entries.setdefault(stream, [])  # last: a stream listed here has all its parts
         if self._decisions is not None:
             self._decisions.setdefault(stream, collections.deque())
 
@@ -196,10 +241,10 @@ class StateLedger:
             self._entries[stream].append(entry)
             return entry
         claimed = self._claim(stream, record_hash)
-        first = self._by_hash[stream].get(record_hash)
+        first = self._first(stream, record_hash)
         entry = Entry(record_hash, external_id, original=first, decisions=decisions)
         if first is None:
-            self._by_hash[stream][record_hash] = entry
+            self._by_hash[stream].setdefault(hash(record_hash), entry)
             if claimed is not None:
                 entry.take_outcome(claimed)
             superseded = self._superseded.get(stream)
@@ -211,8 +256,43 @@ class StateLedger:
                     f"{newer.external_id}) was written by an earlier run of this job after this one "
                     "failed, so it is not sent again and CBX1 keeps the newer data"
                 )
-        self._entries[stream].append(entry)
+        entries = self._entries[stream]
+        entries.append(entry)
+        if len(entries) % COMPACT_EVERY == 0:
+            self._advance(stream)
         return entry
+
+    def _first(self, stream: str, record_hash: str) -> Entry | None:
+        """This run's first entry for identical records (an equal hash), if any."""
+        found = self._by_hash[stream].get(hash(record_hash))
+        if found is None:
+            return None
+        first = expand(found)
+        return first if first.hash == record_hash else None
+
+    def _advance(self, stream: str) -> int:
+        """Compact the entries decided since the prefix ended, up to the first undecided one;
+        returns the prefix's new length.
+        """
+        with self._compacting:
+            entries, index = self._entries[stream], self._by_hash[stream]
+            counts = self._prefix_counts[stream]
+            count = self._prefix[stream]
+            while count < len(entries):
+                entry = entries[count]
+                if isinstance(entry, Entry):
+                    if entry.outcome.success is None:
+                        break
+                    counts[entry.summary_key] += 1
+                    counts["failed" if entry.outcome.success is False else "written"] += 1
+                    packed = compact(entry)
+                    if packed is not None:
+                        entries[count] = packed
+                        if index.get(hash(entry.hash)) is entry:
+                            index[hash(entry.hash)] = packed
+                count += 1
+            self._prefix[stream] = count
+            return count
 
     def _claim(self, stream: str, record_hash: str) -> Entry | None:
         """An earlier run's entry for this record, no longer kept apart; the outcome to take, if it
@@ -230,8 +310,12 @@ class StateLedger:
         return list(self._entries)
 
     def entries(self, stream: str) -> list[Entry]:
-        """This run's entries of a stream."""
-        return self._entries[stream]
+        """This run's entries of a stream (compacted ones expanded: for a summary at the end)."""
+        return [expand(item) for item in self._entries[stream]]
+
+    def count(self, stream: str) -> int:
+        """How many records of the stream this run has read."""
+        return len(self._entries[stream])
 
     def positions(self) -> dict[str, int]:
         """How many entries each stream has now."""
@@ -239,27 +323,26 @@ class StateLedger:
 
     def decided_through(self, positions: t.Mapping[str, int]) -> bool:
         """Whether every entry before these positions has its outcome."""
-        return all(self._decided_prefix(stream) >= count for stream, count in positions.items())
+        return all(self._advance(stream) >= count for stream, count in positions.items())
 
-    def _decided_prefix(self, stream: str) -> int:
-        entries = self._entries[stream]
-        count = self._prefix.get(stream, 0)
-        while count < len(entries) and entries[count].outcome.success is not None:
-            count += 1
-        self._prefix[stream] = count
-        return count
+    def _window(self, stream: str) -> tuple[collections.Counter[str], list[Entry | bytes]]:
+        """The counts of the decided prefix, and the entries after it, taken together."""
+        with self._compacting:
+            start = self._prefix[stream]
+            return collections.Counter(self._prefix_counts[stream]), self._entries[stream][start:]
 
     def totals(self) -> tuple[int, int, int]:
         """(entries, succeeded, failed) of this run; entries still waiting are neither."""
         read = written = failed = 0
-        for entries in list(self._entries.values()):
-            for entry in entries:
-                read += 1
-                success = entry.outcome.success
-                if success:
-                    written += 1
-                elif success is not None:
-                    failed += 1
+        for stream in list(self._entries):
+            counts, window = self._window(stream)
+            read += self._prefix[stream] + len(window)
+            written += counts["written"]
+            failed += counts["failed"]
+            for item in window:
+                success = expand(item).outcome.success
+                written += success is True
+                failed += success is False
         return read, written, failed
 
     def confirmed(self, stream: str) -> t.Iterator[Entry]:
@@ -268,13 +351,17 @@ class StateLedger:
         out (a stopped run's state may have gaps), so no entry claims what CBX1 did not confirm.
         """
         kept = (entry for entry in self._seeded.get(stream, []) if not entry.replaced)
-        decided = (entry for entry in self._entries[stream] if entry.outcome.success is not None)
+        expanded = (expand(item) for item in self._entries[stream])
+        decided = (entry for entry in expanded if entry.outcome.success is not None)
         return itertools.chain(kept, decided)
 
     def summary(self, stream: str) -> dict[str, int]:
-        counts = dict.fromkeys(SUMMARY_KEYS, 0)
-        for entry in self.confirmed(stream):
-            counts[entry.summary_key] += 1
+        prefix, window = self._window(stream)
+        counts = {key: prefix[key] for key in SUMMARY_KEYS}
+        kept = (entry for entry in self._seeded.get(stream, []) if not entry.replaced)
+        for entry in itertools.chain(kept, map(expand, window)):
+            if entry.outcome.success is not None:
+                counts[entry.summary_key] += 1
         return counts
 
     def write(self, out: SupportsWrite[str]) -> None:

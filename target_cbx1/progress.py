@@ -64,7 +64,7 @@ class Progress:
             summary = self._ledger.summary(stream)
             stream_stats = stats.get(stream) or StreamStats(started_at=self._started)
             seconds = now - stream_stats.started_at
-            count = len(self._ledger.entries(stream))
+            count = self._ledger.count(stream)
             rows.append(
                 (
                     stream,

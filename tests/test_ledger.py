@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
 import threading
+import tracemalloc
+import uuid
 from decimal import Decimal
 from typing import Any
+from unittest.mock import patch
 
 from target_cbx1.incremental import IncrementalStateFile, merged
 from target_cbx1.ledger import StateLedger
@@ -345,3 +349,73 @@ def test_a_later_journal_entry_for_a_record_replaces_the_earlier_one_in_place():
 
 def state_of_file(path) -> dict[str, Any]:
     return json.loads(path.read_text())
+
+
+def sha256_of(number: int) -> str:
+    return hashlib.sha256(str(number).encode()).hexdigest()
+
+
+def test_decided_entries_take_under_300_bytes_each() -> None:
+    ledger = StateLedger()
+    ledger.add("accounts", sha256_of(-1), "warm-up").succeed("id")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for number in range(20000):
+            entry = ledger.add("accounts", sha256_of(number), f"{1000000 + number}")
+            entry.lookup_key = f"person{number}@company{number % 997}.com"
+            entry.succeed(str(uuid.UUID(int=number)))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held / 20000 < 300
+    assert state_of(ledger)["summary"]["accounts"]["success"] == 20001
+
+
+def test_compacted_entries_write_the_same_state_as_live_ones() -> None:
+    def fill(ledger: StateLedger) -> None:
+        for number in range(600):  # past COMPACT_EVERY twice, so most entries are compacted
+            record_hash = sha256_of(number % 500) if number % 3 else f"h{number}"
+            entry = ledger.add("accounts", record_hash, number if number % 2 else f"ext-{number}")
+            if entry.success is not None or entry.original is not None:
+                continue
+            entry.lookup_key = f"key-{number % 50}"
+            if number % 7 == 0:
+                entry.batch_id = f"batch-{number // 20}"
+            if number % 11 == 0:
+                entry.mapped_record = {"name": "Acme", "revenue": Decimal("1.50")}
+            if number % 13 == 0:
+                entry.fail(f"CBX1 rejected the record: invalid domain {number}")
+            else:
+                entry.succeed(None if number % 17 == 0 else f"id-{number}", updated=number % 5 == 0)
+
+    compacted = StateLedger()
+    fill(compacted)
+    live = StateLedger()
+    with patch("target_cbx1.ledger.COMPACT_EVERY", 10**9):
+        fill(live)
+    assert isinstance(compacted._entries["accounts"][1], bytes)  # the layout this test is about
+    assert not any(isinstance(item, bytes) for item in live._entries["accounts"])
+    assert written(compacted) == written(live)
+    assert compacted.totals() == live.totals()
+
+
+def test_a_record_identical_to_a_compacted_one_takes_its_outcome() -> None:
+    ledger = StateLedger()
+    first = ledger.add("accounts", sha256_of(1), "001")
+    first.lookup_key = "acme.com"
+    first.succeed("id-1")
+    for number in range(2, 600):
+        ledger.add("accounts", sha256_of(number), f"00{number}").fail("no lookup key")
+    repeat = ledger.add("accounts", sha256_of(1), "001-again")
+    assert repeat.original is not None
+    assert repeat.outcome.success is True
+    bookmarks = state_of(ledger)["bookmarks"]["accounts"]
+    assert bookmarks[-1] == {
+        "hash": sha256_of(1),
+        "success": True,
+        "id": "id-1",
+        "externalId": "001-again",
+        "lookupKey": "acme.com",
+    }
+    assert state_of(ledger)["summary"]["accounts"] == {"success": 1, "fail": 598, "existing": 1, "updated": 0}
