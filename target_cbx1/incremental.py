@@ -19,7 +19,9 @@ HOTGLUE_HOME = Path("/home/hotglue")
 FILE_NAME = "incremental_target_state.json"
 JOURNAL_SUFFIX = ".journal"
 JOURNAL_INTERVAL_SECONDS = 1.0  # a crash loses at most the outcomes of this last stretch
-MIN_SNAPSHOT_BYTES = 64 * 1024  # the file is not rewritten mid-run before the journal reaches twice this
+MIN_SNAPSHOT_BYTES = 64 * 1024  # the file is not rewritten mid-run before the journal reaches this
+JOURNAL_GROWTH = 4  # the file is rewritten when the journal has grown to this many times its size
+JOURNAL_FIELDS = ("hash", "success", "id", "externalId", "lookupKey")
 PROBE_BYTES = 64 * 1024  # written once at start, to find a full disk before the run needs it
 
 logger = logging.getLogger("target-cbx1.incremental")
@@ -39,10 +41,15 @@ class IncrementalStateFile:
     """The state of a job on disk, replaced atomically so that a reader never sees half of it.
 
     While a run goes on (`start`), outcomes are appended to a journal beside the file once a second,
-    from a thread of its own; the file itself is rewritten only when the journal has grown to twice
-    its size, and at the end. So a run writes a few times the final state, not the state every few
-    seconds, and a crash loses at most the last second of outcomes. `load` reads the file and its
-    journal (a torn last line is ignored).
+    from a thread of its own; the file itself is rewritten only when the journal has grown to
+    JOURNAL_GROWTH times its size, and at the end. So a run writes about three times the final
+    state, not the state every few seconds, and a crash loses at most the last second of outcomes.
+    `load` reads the file and its journal (a torn last line is ignored).
+
+    A journal line is `[stream, hash, success, id, externalId, lookupKey]`, with a seventh item, an
+    object of the entry's other keys (error, hgBatchId, mapped_record), when it has any: the keys'
+    names are not repeated on every line. Lines `[stream, bookmark]`, the journal's first form, are
+    read too.
     """
 
     def __init__(self, path: Path) -> None:
@@ -93,10 +100,10 @@ class IncrementalStateFile:
             return
         for line in lines:
             try:
-                stream, bookmark = jsonio.decode(line)
+                stream, bookmark = journal_entry(jsonio.decode(line))
             except (jsonio.DecodeError, ValueError, TypeError):
                 return  # a line torn by a crash, the last one: what came before it stands
-            if isinstance(stream, str) and isinstance(bookmark, dict):
+            if isinstance(stream, str):
                 yield stream, bookmark
 
     def check_writable(self) -> None:
@@ -133,7 +140,7 @@ class IncrementalStateFile:
         with self._lock:
             if self._stop.is_set():  # saved for good: the journal is done with
                 return
-            lines = [jsonio.encode([stream, entry.as_bookmark()]) for stream, entry in ledger.decided_since()]
+            lines = [journal_line(stream, entry.as_bookmark()) for stream, entry in ledger.decided_since()]
             if not lines:
                 return
             data = b"\n".join(lines) + b"\n"
@@ -145,7 +152,7 @@ class IncrementalStateFile:
                 return
             self.bytes_written += len(data)
             self._journal_bytes += len(data)
-            if self._journal_bytes >= 2 * max(self._snapshot_bytes, MIN_SNAPSHOT_BYTES):
+            if self._journal_bytes >= JOURNAL_GROWTH * max(self._snapshot_bytes, MIN_SNAPSHOT_BYTES):
                 self._snapshot(ledger)
 
     def save(self, ledger: StateLedger, *, keep_journal: bool = False) -> None:
@@ -174,6 +181,24 @@ class IncrementalStateFile:
         if not self._warned:
             logger.warning("Cannot write the incremental state %s (%s); the run goes on", self.path, exc)
             self._warned = True
+
+
+def journal_line(stream: str, bookmark: dict[str, t.Any]) -> bytes:
+    """A decided entry as one journal line (see IncrementalStateFile)."""
+    line = [stream, *(bookmark.pop(name) for name in JOURNAL_FIELDS)]
+    return jsonio.encode([*line, bookmark] if bookmark else line)
+
+
+def journal_entry(line: t.Any) -> tuple[str, dict[str, t.Any]]:
+    """(stream, bookmark) of a journal line; ValueError for a line that is neither form."""
+    if isinstance(line, list) and len(line) == 2 and isinstance(line[1], dict):
+        return line[0], line[1]  # the first form
+    if not isinstance(line, list) or len(line) not in (6, 7):
+        raise ValueError("not a journal line")
+    rest = line[6] if len(line) == 7 else {}
+    if not isinstance(rest, dict):
+        raise ValueError("not a journal line")
+    return line[0], {**dict(zip(JOURNAL_FIELDS, line[1:6], strict=True)), **rest}
 
 
 def merged(

@@ -419,3 +419,45 @@ def test_a_record_identical_to_a_compacted_one_takes_its_outcome() -> None:
         "lookupKey": "acme.com",
     }
     assert state_of(ledger)["summary"]["accounts"] == {"success": 1, "fail": 598, "existing": 1, "updated": 0}
+
+
+def test_a_journal_line_names_no_keys_and_reads_back_as_the_bookmark(tmp_path):
+    state_file = IncrementalStateFile(tmp_path / "state.json")
+    ledger = StateLedger()
+    state_file.start(ledger)
+    written_entry = ledger.add("accounts", "h1", "A1")
+    written_entry.lookup_key = "acme.com"
+    written_entry.succeed("id-1")
+    failed = ledger.add("accounts", "h2", 42)
+    failed.batch_id = "batch-1"
+    failed.fail("CBX1 rejected the record: invalid domain")
+    state_file.flush(ledger)
+
+    lines = state_file.journal_path.read_bytes().splitlines()
+    assert lines[0] == b'["accounts","h1",true,"id-1","A1","acme.com"]'
+    earlier = IncrementalStateFile(tmp_path / "state.json").load()
+    assert earlier is not None
+    assert earlier["bookmarks"]["accounts"] == [
+        {"hash": "h1", "success": True, "id": "id-1", "externalId": "A1", "lookupKey": "acme.com"},
+        {
+            "hash": "h2",
+            "success": False,
+            "id": None,
+            "externalId": 42,
+            "lookupKey": None,
+            "error": "CBX1 rejected the record: invalid domain",
+            "hgBatchId": "batch-1",
+        },
+    ]
+
+
+def test_a_journal_in_its_first_form_is_still_read(tmp_path):
+    (tmp_path / "state.json.journal").write_bytes(
+        b'["accounts", {"hash": "h1", "success": true, "id": "id-1", "externalId": "A1"}]\n'
+    )
+
+    earlier = IncrementalStateFile(tmp_path / "state.json").load()
+
+    assert earlier == {
+        "bookmarks": {"accounts": [{"hash": "h1", "success": True, "id": "id-1", "externalId": "A1"}]}
+    }
