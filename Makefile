@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench readme lint lock-check clean
+.PHONY: install demo test bench readme lint lock-check install-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ lint: $(STAMP)
 # poetry.lock must match pyproject.toml (uses the shared Poetry wrapper when present, else poetry on PATH).
 lock-check:
 	@if [ -x ../shared/tools/poetry ]; then ../shared/tools/poetry check --lock; else poetry check --lock; fi
+
+# `pip install .` into a clean venv in a temporary directory, then target-cbx1 --about (text and
+# JSON, which must list every setting) and cbx1-sandbox --help; the venv is deleted afterwards.
+install-check: $(STAMP)
+	$(BIN)/python scripts/install_check.py --python $(PYTHON)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -241,12 +243,21 @@ def test_about_lists_every_setting():
 
 def test_demo_shows_every_record_outcome_of_every_job(tmp_path):
     demo = Path(__file__).parent.parent / "examples" / "demo.py"
+    output, workdir = tmp_path / "output", tmp_path / "work"
+    workdir.mkdir()
 
     result = subprocess.run(
-        [sys.executable, str(demo), str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, str(demo), str(output)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
+    # Its configs (access key, and the session token the target writes back) stay in its output.
+    assert list(workdir.iterdir()) == []
     out = result.stdout
     assert "accounts: 9 records read: 5 succeeded, 3 failed, 1 existing" in out
     assert "contacts: 8 records read: 6 succeeded, 2 failed, 0 existing" in out
@@ -256,10 +267,29 @@ def test_demo_shows_every_record_outcome_of_every_job(tmp_path):
     assert "7 records sent in 1 request to integrations/MARKETO/CONTACT/records" in out
     jobs = ["hubspot-flat", "hubspot-envelopes", "salesforce-envelopes", "marketo-envelopes"]
     for job in jobs:
-        state = json.loads((tmp_path / job / "state.json").read_text())
+        state = json.loads((output / job / "state.json").read_text())
         for entries in state["bookmarks"].values():
             for entry in entries:
                 assert (entry["id"] if entry["success"] else entry["error"]) in out
+
+
+def test_demo_writes_by_default_only_where_git_ignores():
+    """`make demo` leaves nothing for `git status` to show: its output, configs included, is ignored."""
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    spec = importlib.util.spec_from_file_location("demo", root / "examples" / "demo.py")
+    assert spec is not None
+    assert spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    output = demo.DEFAULT_OUTPUT
+    assert output.is_relative_to(root)
+    for job in demo.RUNS:
+        for name in ("config.json", "state.json", "target.log"):
+            path = output / job.name / name
+            ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", str(path)], check=False)
+            assert ignored.returncode == 0, f"{path.relative_to(root)} is not ignored by git"
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from target_cbx1.sandbox import Sandbox
+from target_cbx1.settings import Settings
 from tests.conftest import ACCESS_KEY, ORG_ID
 
 REPO = Path(__file__).resolve().parent.parent
@@ -257,8 +258,8 @@ def test_meltano_run_syncs_hubspot_incrementally_and_keeps_the_taps_bookmark(pro
     assert [e["externalId"] for e in project.results_entries("contacts")] == ["2003"]
 
 
-def test_repository_meltano_yml_declares_every_target_setting():
-    """Every setting `target-cbx1 --about` lists has a Meltano definition, secrets marked sensitive."""
+def about_settings() -> dict[str, dict]:
+    """The config schema's properties from `target-cbx1 --about --format json` (singer-sdk's too)."""
     about = subprocess.run(
         [str(Path(sys.executable).parent / "target-cbx1"), "--about", "--format", "json"],
         capture_output=True,
@@ -266,10 +267,76 @@ def test_repository_meltano_yml_declares_every_target_setting():
         timeout=60,
         check=True,
     )
-    schema = json.loads(about.stdout)["settings"]["properties"]
-    loader = plugin(yaml.safe_load((REPO / "meltano.yml").read_text()), "loaders", "target-cbx1")
+    return json.loads(about.stdout)["settings"]["properties"]
+
+
+def repository_loader() -> dict:
+    return plugin(yaml.safe_load((REPO / "meltano.yml").read_text()), "loaders", "target-cbx1")
+
+
+def test_repository_meltano_yml_declares_every_target_setting():
+    """Every setting `target-cbx1 --about` lists has a Meltano definition, secrets marked sensitive."""
+    schema = about_settings()
+    loader = repository_loader()
     declared = {setting["name"]: setting for setting in loader["settings"]}
     assert sorted(declared) == sorted(schema)
     secrets = {name for name, spec in schema.items() if spec.get("secret") or spec.get("writeOnly")}
     assert {name for name, setting in declared.items() if setting.get("sensitive")} == secrets
     assert loader["config"]["state_output"] == "singer"
+
+
+# The Meltano setting kind of a JSON schema type (the first one that is not null).
+MELTANO_KINDS = {
+    "string": "string",
+    "integer": "integer",
+    "number": "decimal",
+    "boolean": "boolean",
+    "object": "object",
+    "array": "array",
+}
+
+
+def expected_kind(spec: dict) -> str:
+    if spec.get("secret") or spec.get("writeOnly"):
+        return "password"
+    if "enum" in spec:
+        return "options"
+    return MELTANO_KINDS[next(kind for kind in spec["type"] if kind != "null")]
+
+
+def test_repository_meltano_yml_describes_every_setting_as_the_target_does():
+    """Each loader setting in meltano.yml has a label, the setting's own description and the kind its
+    type calls for (password for every secret, options with the allowed values for a choice), and
+    settings_group_validation names the settings the Settings model requires. Derived from the
+    Settings model and `--about`, so a new setting without Meltano metadata fails here.
+    """
+    schema = about_settings()
+    declared = {setting["name"]: setting for setting in repository_loader()["settings"]}
+    problems = []
+    for name, spec in schema.items():
+        setting = declared.get(name, {})
+        label = setting.get("label")
+        if not isinstance(label, str) or not label.strip():
+            problems.append(f"{name}: no label")
+        if setting.get("description") != spec["description"]:
+            problems.append(f"{name}: description is not the target's: {spec['description']!r}")
+        if setting.get("kind") != expected_kind(spec):
+            problems.append(f"{name}: kind {setting.get('kind')!r}, expected {expected_kind(spec)!r}")
+        if "enum" in spec and [o.get("value") for o in setting.get("options", [])] != spec["enum"]:
+            problems.append(f"{name}: options are not {spec['enum']}")
+    for name, field in Settings.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        setting = declared.get(name)
+        if setting is None:
+            problems.append(f"{name}: a setting of target_cbx1.settings.Settings missing from meltano.yml")
+            continue
+        if setting.get("description") != field.description:
+            problems.append(f"{name}: description differs from target_cbx1.settings")
+        if extra.get("secret") and (setting.get("kind"), setting.get("sensitive")) != ("password", True):
+            problems.append(f"{name}: a secret, so kind: password and sensitive: true")
+    assert not problems, "meltano.yml's target-cbx1 settings:\n" + "\n".join(problems)
+
+    required = sorted(name for name, field in Settings.model_fields.items() if field.is_required())
+    assert required == ["access_key", "api_url", "org_id"]
+    groups = repository_loader().get("settings_group_validation")
+    assert [sorted(group) for group in groups or []] == [required]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -13,11 +17,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from target_cbx1.sandbox import FaultSpecError, Sandbox
+from target_cbx1.sandbox import FaultSpecError, Sandbox, cli
 from target_cbx1.sandbox.faults import Fault
 from tests.conftest import ACCESS_KEY, ORG_ID
 
 SANDBOX_COMMAND = str(Path(sys.executable).parent / "cbx1-sandbox")
+TARGET_COMMAND = str(Path(sys.executable).parent / "target-cbx1")
+SAMPLE = Path(__file__).parent.parent / "examples" / "hubspot_export.singer"
 BULK_PATH = "/api/t/v1/targets/accounts/bulk"
 RECORDS_PATH = "/api/t/v1/targets/integrations/HUBSPOT/ACCOUNT/records"
 
@@ -590,6 +596,93 @@ def test_command_line_prints_its_url_serves_and_stops_by_itself():
     _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0
     assert "stopped after 0 data requests" in stderr
+
+
+def test_command_line_writes_the_target_config_in_a_temporary_directory_never_the_working_one(tmp_path):
+    """The config it prints holds the access key, and target-cbx1 writes its session token back into
+    it: it goes in a temporary directory, owner-readable only, and is gone once the sandbox stops.
+    """
+    workdir, temp_root = tmp_path / "work", tmp_path / "tmp"
+    workdir.mkdir()
+    temp_root.mkdir()
+    command = [SANDBOX_COMMAND, "--exit-after", "30", "--access-key", ACCESS_KEY, "--org-id", ORG_ID]
+    environment = {**os.environ, "TMPDIR": str(temp_root)}
+    process = subprocess.Popen(
+        command, cwd=workdir, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split()[-1]
+        config_line = process.stdout.readline()
+        assert config_line.startswith("target-cbx1 config for this sandbox: "), config_line
+        config_file = Path(config_line.split(": ", 1)[1].strip())
+        assert config_file.is_relative_to(temp_root)
+        assert json.loads(config_file.read_text()) == {
+            "api_url": url,
+            "access_key": ACCESS_KEY,
+            "org_id": ORG_ID,
+        }
+        assert stat.S_IMODE(config_file.stat().st_mode) == 0o600
+
+        with SAMPLE.open() as stdin:
+            target = subprocess.run(
+                [TARGET_COMMAND, "--config", str(config_file)],
+                stdin=stdin,
+                cwd=workdir,
+                env=environment,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        assert target.returncode == 0, target.stderr[-3000:]
+        assert json.loads(config_file.read_text())["access_token"]  # written back, beside the key
+    finally:
+        process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr
+    assert list(workdir.iterdir()) == []
+    assert list(temp_root.iterdir()) == []
+
+
+@pytest.mark.parametrize("config_file", [None, ".demo/sandbox.json"])
+def test_the_target_config_is_removed_when_the_sandbox_stops(tmp_path, monkeypatch, capsys, config_file):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(cli.signal, "signal", lambda *_: None)  # leave pytest's own handlers alone
+    written: list[Path] = []
+    write_target_config = cli.write_target_config
+
+    def spy(*args: t.Any) -> Path:
+        path = write_target_config(*args)
+        assert json.loads(path.read_text())["access_key"] == ACCESS_KEY
+        written.append(path)
+        return path
+
+    monkeypatch.setattr(cli, "write_target_config", spy)
+    options = ["--config-file", config_file] if config_file else []
+
+    assert cli.main(["--exit-after", "0", "--access-key", ACCESS_KEY, "--org-id", ORG_ID, *options]) == 0
+
+    [path] = written
+    assert f"target-cbx1 config for this sandbox: {path}\n" in capsys.readouterr().out
+    assert not path.exists()
+    if config_file is None:  # nothing at all in the working directory
+        assert path.is_relative_to(tmp_path / "tmp")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
+        assert list((tmp_path / "tmp").iterdir()) == []
+    else:  # only where it was asked to go, and removed
+        assert path == Path(config_file)
+        assert list((tmp_path / ".demo").iterdir()) == []
+
+
+def test_a_target_config_that_cannot_be_written_stops_the_sandbox_with_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli.signal, "signal", lambda *_: None)
+    (tmp_path / "file").write_text("")
+
+    assert cli.main(["--exit-after", "0", "--config-file", str(tmp_path / "file" / "config.json")]) == 2
+    assert "cannot write the target-cbx1 config" in capsys.readouterr().err
 
 
 def test_records_endpoint_keeps_one_id_per_lookup_key_and_the_latest_data(client, sandbox):

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import signal
 import sys
+import tempfile
 import threading
 import typing as t
+from pathlib import Path
 
+from target_cbx1.incremental import write_atomically
 from target_cbx1.sandbox import faults
 from target_cbx1.sandbox.ingestion import DEFAULT_SOURCES, check_source_name
 from target_cbx1.sandbox.server import DEFAULT_ACCESS_KEY, DEFAULT_ORG_ID, Sandbox
@@ -69,6 +74,14 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument(
         "--seed", type=int, help="seed for the order of /bulk and /records results (default: random)"
     )
+    cli.add_argument(
+        "--config-file",
+        type=Path,
+        metavar="PATH",
+        help="where to write a target-cbx1 config for this sandbox (api_url, access_key, org_id), "
+        "removed when the sandbox stops (default: config.json in a new temporary directory, never the "
+        "working directory); its path is the second stdout line",
+    )
     cli.add_argument("--exit-after", type=float, help="stop by itself after this many seconds")
     cli.add_argument("--verbose", action="store_true", help="log every request on stderr")
     return cli
@@ -95,8 +108,16 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
-    with sandbox:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(sandbox)
+        config = {"api_url": sandbox.url, "access_key": args.access_key, "org_id": args.org_id}
+        try:
+            config_file = write_target_config(config, args.config_file, cleanup)
+        except OSError as error:
+            print(f"cbx1-sandbox: cannot write the target-cbx1 config: {error}", file=sys.stderr)
+            return 2
         print(f"CBX1 sandbox listening on {sandbox.url}", flush=True)
+        print(f"target-cbx1 config for this sandbox: {config_file}", flush=True)
         stopped.wait(args.exit_after)
     stored = {stream: len(records) for stream, records in sandbox.store.records.items()}
     entities = {kind: len(by_key) for kind, by_key in sandbox.entity_store.entities.items()}
@@ -106,6 +127,25 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     )
     print(summary, file=sys.stderr)
     return 0
+
+
+def write_target_config(config: dict[str, str], chosen: Path | None, cleanup: contextlib.ExitStack) -> Path:
+    """Write target-cbx1's config for this sandbox to `chosen`, else to config.json in a new temporary
+    directory, and have `cleanup` remove it when the sandbox stops.
+
+    Never the working directory unless asked: the file holds the access key, and target-cbx1 writes
+    the session token it gets back into it. A new file is readable by its owner only.
+    """
+    if chosen is None:
+        directory = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="cbx1-sandbox-"))
+        path = Path(directory) / "config.json"
+    else:
+        path = chosen
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda out: json.dump(config, out, indent=2))
+    if chosen is not None:
+        cleanup.callback(path.unlink, missing_ok=True)
+    return path
 
 
 if __name__ == "__main__":
