@@ -14,6 +14,7 @@ from target_cbx1 import jsonio
 ACCOUNT_STREAM_HINTS = ("account", "compan")
 CONTACT_STREAM_HINTS = ("contact", "lead", "person")
 SDC_PREFIX = "_sdc_"
+DELETED_AT = "_sdc_deleted_at"  # singer-sdk's soft-delete column: set, the tap says the record was deleted
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*://")
 _HOST = re.compile(r"^(?=.{1,253}$)[^\s.@/:?#]+(?:\.[^\s.@/:?#]+)+$")
@@ -182,6 +183,27 @@ def without_sdc_columns(record: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
     if SDC_PREFIX in "".join(record):  # a quick look first: most records have no _sdc_ column
         return {name: value for name, value in record.items() if not name.startswith(SDC_PREFIX)}
     return dict(record)
+
+
+def deletion_of(record: t.Mapping[str, t.Any], *, in_data: bool = False) -> str | None:
+    """The error of a record its tap marks deleted (`_sdc_deleted_at` set: not null, blank or false;
+    with `in_data`, in its `data` object too); None for a live record.
+    """
+    where, value = DELETED_AT, record.get(DELETED_AT)
+    if in_data and not _is_set(value):
+        data = record.get("data")
+        if isinstance(data, dict):
+            where, value = f"data.{DELETED_AT}", data.get(DELETED_AT)
+    if not _is_set(value):
+        return None
+    shown = value if isinstance(value, str) else jsonio.encode_text(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"the record is a deletion ({where} {shown}); CBX1 has no delete, so it was not sent"
+
+
+def _is_set(value: object) -> bool:
+    """Whether a value says something: not null, blank text or false."""
+    return not (value is None or value is False or (isinstance(value, str) and not value.strip()))
 
 
 def apply_options(payload: dict[str, t.Any], stream: str, options: PayloadOptions) -> dict[str, t.Any]:

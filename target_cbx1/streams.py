@@ -9,6 +9,7 @@ import typing as t
 from target_cbx1.contracts.bulk import BulkContract
 from target_cbx1.contracts.ingestion import IngestionContract
 from target_cbx1.records import (
+    DELETED_AT,
     PLAIN_WORD,
     LookupKind,
     LookupRule,
@@ -17,6 +18,7 @@ from target_cbx1.records import (
     SourceRule,
     build_envelope,
     build_payload,
+    deletion_of,
     external_id_of,
     lookup_rule_for,
     stream_kind,
@@ -71,6 +73,7 @@ class StreamRoute:
         self.sources = sources
         self.options = options
         self.problem = problem
+        self.on_deletion: t.Callable[[str], None] = lambda stream: None  # the router warns once a stream
 
     @property
     def contract(self) -> Contract:
@@ -82,11 +85,24 @@ class StreamRoute:
         """(normalised lookup key, payload to send); raises RecordRejectedError for a record not to send."""
         if self.problem is not None or self.lookup is None:
             raise RecordRejectedError(self.problem or "no lookup field")
+        deletion = deletion_of(record, in_data=self.shape == "envelope")
+        if deletion is not None:  # CBX1 cannot delete: an upsert would write the deleted record back
+            self.on_deletion(self.stream)
+            raise RecordRejectedError(deletion, self.key_if_any(record))
         if self.shape == "envelope":
             return build_envelope(record, self.stream, self.lookup, self.sources, self.options)
         if self.shape == "wrapped":
             return wrap_flat(record, self.stream, self.lookup, self.sources, self.options)
         return build_payload(record, self.stream, self.lookup, self.options)
+
+    def key_if_any(self, record: Mapping[str, t.Any]) -> str | None:
+        """The record's normalised lookup key, None when it has none fit to be one."""
+        if self.lookup is None:
+            return None
+        try:
+            return self.lookup.key_of(record.get(self.lookup.field))
+        except RecordRejectedError as exc:
+            return exc.lookup_key
 
     def external_id(self, record: Mapping[str, t.Any]) -> t.Any:
         """The CRM's id of a record as received: an envelope's sourceRecordId, else crmAssociationId
@@ -129,6 +145,7 @@ class StreamRouter:
         )
         self._options = PayloadOptions(settings.add_stream_key, settings.metadata)
         self._logged: set[tuple[str, str]] = set()
+        self._deletions_logged: set[str] = set()
 
     def route(self, stream: str, schema: Mapping[str, t.Any], key_properties: Sequence[str]) -> StreamRoute:
         api = self._settings.api
@@ -137,6 +154,7 @@ class StreamRouter:
             route = self._flat(stream, key_properties)
         else:
             route = self._to_records(stream, "envelope" if envelope else "wrapped", key_properties)
+        route.on_deletion = self._log_deletions_once
         self._log_once(route)
         return route
 
@@ -161,6 +179,17 @@ class StreamRouter:
             problem = None if lookup else missing_lookup_message(stream)
         contract = IngestionContract(object_type, lookup.normalise) if object_type and lookup else None
         return StreamRoute(stream, shape, contract, lookup, self._sources, self._options, problem)
+
+    def _log_deletions_once(self, stream: str) -> None:
+        if stream in self._deletions_logged:
+            return
+        self._deletions_logged.add(stream)
+        logger.warning(
+            "Stream %r: records marked deleted (%s set) are not sent, since CBX1 has no delete; each "
+            "fails in the state, and the record stays in CBX1 until it is removed there",
+            stream,
+            DELETED_AT,
+        )
 
     def _log_once(self, route: StreamRoute) -> None:
         description = route.describe()

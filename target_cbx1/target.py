@@ -34,7 +34,7 @@ from target_cbx1.incremental import IncrementalStateFile, state_file_path, write
 from target_cbx1.jsonio import json_kind
 from target_cbx1.ledger import StateLedger
 from target_cbx1.progress import Progress
-from target_cbx1.reader import INPUT_ERRORS, NumberedLineReader, batch_file_lines
+from target_cbx1.reader import INPUT_ERRORS, NumberedLineReader, batch_file_lines, shown
 from target_cbx1.redaction import install_log_masking
 from target_cbx1.session import ApiSession
 from target_cbx1.settings import CONFIG_SCHEMA, Settings, environment_values
@@ -99,6 +99,7 @@ class TargetCBX1(Target):
         self.session = ApiSession(self.settings, on_new_token=self._write_back_token)
         self._finishing = False
         self._next_wait_check = 0.0
+        self._versions_logged: set[str] = set()  # streams whose ACTIVATE_VERSION was logged
         self.reader = t.cast("NumberedLineReader", self.message_reader)
         path = None if self.settings.dry_run else state_file_path(self.settings.incremental_state_path)
         self.incremental = IncrementalStateFile(path) if path else None
@@ -273,6 +274,27 @@ class TargetCBX1(Target):
         if self.tap_state is not None:
             self.tap_state.received(message_dict["value"])
             self._send_what_waited()
+
+    def _process_activate_version_message(self, message_dict: dict) -> None:
+        """Accepted and not applied: activating a full-table version deletes the records of older
+        versions, and CBX1 has no delete. Logged once a stream; a message without a stream name or a
+        version is bad input.
+        """
+        stream, version = message_dict.get("stream"), message_dict.get("version")
+        if not isinstance(stream, str) or not stream or version is None:
+            raise InvalidInputLine(
+                "an ACTIVATE_VERSION message needs a stream name and a version, as in "
+                '{"type": "ACTIVATE_VERSION", "stream": "accounts", "version": 1700000000}; this one '
+                f"starts {shown(self.reader.raw_line)}: fix the tap"
+            )
+        if stream not in self._versions_logged:
+            self._versions_logged.add(stream)
+            self.logger.info(
+                "Stream %r: ACTIVATE_VERSION (full-table version %s) is not applied: CBX1 has no delete, "
+                "so records of older versions stay in CBX1",
+                stream,
+                version,
+            )
 
     def process_endofpipe(self) -> None:
         """Send what is queued; each sink's clean-up waits for its requests; then write the state."""
