@@ -11,7 +11,7 @@ import typing as t
 import requests
 from pydantic import ValidationError
 
-from target_cbx1.errors import CredentialsError, RedirectedError, TransientError
+from target_cbx1.errors import ApiUrlError, CredentialsError, RedirectedError, TransientError
 from target_cbx1.jsonio import json_kind
 from target_cbx1.models import SUCCESS_CODE, SessionToken
 from target_cbx1.redaction import mask, register_secret
@@ -54,6 +54,7 @@ class SessionTokenAuth:
         self._clock = clock
         self._lifetime: float | None = None
         self._lock = threading.Lock()
+        self.answered = False  # the token endpoint gave an HTTP answer (the host is reachable)
 
     def token(self) -> str:
         """A token valid for at least REFRESH_MARGIN_SECONDS more (fetched when needed)."""
@@ -62,6 +63,11 @@ class SessionTokenAuth:
                 self._fetch()
             assert self._token is not None
             return self._token
+
+    def fetch(self) -> None:
+        """Fetch a new token now, whatever token is held (for `--check`)."""
+        with self._lock:
+            self._fetch()
 
     def refresh_after_rejection(self, rejected_token: str) -> None:
         """Replace a token the API answered 401 to, unless another thread already did."""
@@ -83,10 +89,17 @@ class SessionTokenAuth:
         response = self._session.get(
             self._token_url, params=params, timeout=self._timeout, allow_redirects=False, stream=True
         )
+        self.answered = True
         read_within(response, deadline, self._timeout)
         action = action_for(response.status_code)
         if action is Action.REDIRECT:
             raise RedirectedError(redirect_message(response))
+        if response.status_code in (404, 405):
+            raise ApiUrlError(
+                f"CBX1 has no token endpoint at {mask(self._token_url)} (HTTP "
+                f"{response.status_code}: {server_message(response)}). Check api_url: it must be the API's "
+                "base URL, such as https://api.cbx1.com, with no path (no /api/t/v1) below it."
+            )
         if action is Action.RETRY:
             raise TransientError(
                 f"the token endpoint answered HTTP {response.status_code}: {server_message(response)}",

@@ -48,6 +48,14 @@ class RedirectedError(FatalAPIError):
     """CBX1 (or a proxy) answered with a redirect: every request would, so the run stops."""
 
 
+class UnreachableError(FatalAPIError):
+    """The API's host never answered (refused, unknown name): api_url, the network or a proxy is wrong."""
+
+
+class ApiUrlError(FatalAPIError):
+    """The token endpoint is not where api_url says (404/405): api_url is not the API's base URL."""
+
+
 class CertificateError(FatalAPIError):
     """The API's TLS certificate could not be verified: every request would fail the same way."""
 

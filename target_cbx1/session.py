@@ -25,6 +25,7 @@ from target_cbx1.errors import (
     RequestFailedError,
     StopRequested,
     TransientError,
+    UnreachableError,
 )
 from target_cbx1.ratelimit import RateLimiter
 from target_cbx1.redaction import mask, register_secret
@@ -101,6 +102,7 @@ class ApiSession:
         self.max_failures_in_a_row = settings.max_consecutive_request_failures
         self.failures_in_a_row = 0
         self.gave_up = 0
+        self.reached_host = False  # set at the first answer to a POST
         self.outage: ApiOutageError | None = None
         self.stop_signal: str | None = None
         self._stopping = threading.Event()  # wakes every retry wait when the run stops
@@ -143,6 +145,7 @@ class ApiSession:
             try:
                 token = self.auth.token()
                 response = self._post_once(path, body, token)
+                self.reached_host = True
                 action = action_for(response.status_code)
                 if action is not Action.RETRY:
                     self.failures_in_a_row = 0
@@ -158,9 +161,12 @@ class ApiSession:
                 raise CertificateError(certificate_message(self.base_url, exc)) from None
             except requests.RequestException as exc:
                 error = TransientError(describe_network_error(exc, self.timeout))
+                unreached = isinstance(exc, requests.ConnectionError) and not self._reached()
             except TransientError as exc:
-                error = exc
+                error, unreached = exc, False
             backoff = next(delays, None)
+            if unreached and (backoff is None or never_resolves(str(error))):
+                raise self._unreachable(unreachable_message(self.base_url, str(error), attempts))
             if backoff is None:
                 raise self._gave_up(f"{error} (gave up after {attempts} attempts)")
             wait = self.policy.wait_for(backoff, error.retry_after)
@@ -169,7 +175,13 @@ class ApiSession:
                     f"{error}; the server asked to retry after {error.retry_after:.0f} s, longer "
                     f"than retry_after_max_seconds ({self.policy.retry_after_max_seconds:.0f} s)"
                 )
-            logger.warning("%s failed (%s); retry %d in %.1f s", path, error, attempts, wait)
+            if unreached:  # the host never answered: one line, then the retries quietly, then the stop
+                level = logging.INFO if attempts == 1 else logging.DEBUG
+                logger.log(
+                    level, "%s cannot be reached yet (%s); retry %d in %.1f s", path, error, attempts, wait
+                )
+            else:
+                logger.warning("%s failed (%s); retry %d in %.1f s", path, error, attempts, wait)
             with self._lock:
                 counts.retries += 1
             self._wait(wait)
@@ -212,6 +224,18 @@ class ApiSession:
         if self.outage is not None:
             raise ApiOutageError(str(self.outage), request_error=None)
 
+    def _reached(self) -> bool:
+        """Whether the API's host has given an HTTP answer in this run (to the token request or a POST)."""
+        return self.reached_host or self.auth.answered
+
+    def _unreachable(self, message: str) -> UnreachableError:
+        """The error that stops the run when the host never answered; other requests stop with it."""
+        with self._lock:
+            if self.outage is None:
+                self.outage = ApiOutageError(message, request_error=message)
+        self._stopping.set()
+        return UnreachableError(message)
+
     def _gave_up(self, message: str) -> RequestFailedError | ApiOutageError:
         """The error for a request whose retries are spent: an outage once too many failed in a row."""
         with self._lock:
@@ -249,8 +273,8 @@ class ApiSession:
             )
         if action is Action.DENY:
             raise CredentialsError(
-                f"CBX1 refused the request (HTTP 403: {message}). The access key lacks permission "
-                "for this organisation or endpoint; ask a CBX1 admin to grant it."
+                f"CBX1 refused the request (HTTP 403: {message}). Check access_key and org_id: the "
+                "access key lacks permission for this organisation or endpoint; ask a CBX1 admin to grant it."
             )
         raise RejectedError(f"CBX1 rejected the request (HTTP {status}: {message})", status, message)
 
@@ -264,6 +288,31 @@ def certificate_message(base_url: str, exc: requests.exceptions.SSLError) -> str
         "run stopped before sending anything more. If CBX1 is reached through a proxy or a private "
         "certificate authority, set ca_bundle (or the environment variable REQUESTS_CA_BUNDLE) to "
         "that authority's certificate file; verification is never turned off."
+    )
+
+
+NAME_NOT_FOUND = ("Name or service not known", "nodename nor servname", "No address associated with hostname")
+
+
+def never_resolves(detail: str) -> bool:
+    """Whether a network error says the host name does not exist (a retry would not help)."""
+    return any(words in detail for words in NAME_NOT_FOUND)
+
+
+def unreachable_message(base_url: str, detail: str, attempts: int) -> str:
+    """The one line a run stops with when the API's host never answered, and what to check."""
+    parts = urlsplit(base_url)
+    host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+    if never_resolves(detail):
+        what = f"the host name {parts.hostname} does not resolve (DNS)"
+    elif "refused" in detail.lower():
+        what = f"{host} refused the connection"
+    else:
+        what = f"{host} did not answer ({detail})"
+    tries = "" if attempts == 1 else f" in {attempts} attempts"
+    return (
+        f"Cannot reach the CBX1 API: {what}{tries}, so nothing was sent. Check api_url (the API's base URL, "
+        "such as https://api.cbx1.com), the network, and the proxy settings (HTTPS_PROXY, NO_PROXY)."
     )
 
 

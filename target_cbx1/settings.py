@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -392,6 +393,19 @@ def builtin_problems(config: t.Mapping[str, t.Any], schema: t.Mapping[str, t.Any
         except fastjsonschema.JsonSchemaValueException as exc:
             problems.append(f"{name}: {exc.message.removeprefix('data ').removeprefix('data.')}")
     return problems
+
+
+def unknown_settings(config: t.Mapping[str, t.Any], schema: t.Mapping[str, t.Any]) -> str | None:
+    """A line naming the config's settings the target does not know (typos, mostly), or None."""
+    known = [*schema.get("properties", {}), *HOTGLUE_ALIASES.values()]
+    unknown = sorted(name for name in config if name not in known)
+    if not unknown:
+        return None
+    shown = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        shown.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    return "Unknown settings, ignored: " + ", ".join(shown)
 
 
 def config_schema(model: type[BaseModel]) -> dict[str, t.Any]:

@@ -14,6 +14,7 @@ import typing as t
 from pathlib import Path
 
 import click
+import requests
 from singer_sdk.exceptions import (
     ConfigValidationError,
     FatalAPIError,
@@ -29,15 +30,20 @@ from singer_sdk.target_base import Target
 from target_cbx1.client import ApiSink
 from target_cbx1.context import RunContext
 from target_cbx1.dryrun import DryRun
-from target_cbx1.errors import StopRequested
+from target_cbx1.errors import StopRequested, TransientError
 from target_cbx1.incremental import IncrementalStateFile, state_file_path, write_atomically
 from target_cbx1.jsonio import json_kind
 from target_cbx1.ledger import StateLedger
 from target_cbx1.progress import Progress
 from target_cbx1.reader import INPUT_ERRORS, NumberedLineReader, batch_file_lines, shown
 from target_cbx1.redaction import install_log_masking
-from target_cbx1.session import ApiSession
-from target_cbx1.settings import CONFIG_SCHEMA, Settings, environment_values
+from target_cbx1.session import (
+    ApiSession,
+    certificate_message,
+    describe_network_error,
+    unreachable_message,
+)
+from target_cbx1.settings import CONFIG_SCHEMA, Settings, environment_values, unknown_settings
 from target_cbx1.sinks import BatchSink, RecordSink
 from target_cbx1.streams import StreamRouter
 from target_cbx1.tapstate import TapStateForwarder
@@ -85,6 +91,9 @@ class TargetCBX1(Target):
             from_environment, problems = environment_values(os.environ, schema)
             config |= from_environment
         # Checked before the SDK sets up stream maps from the config, listing every problem at once.
+        unknown = unknown_settings(config, schema)
+        if unknown:
+            self.logger.warning("%s", unknown)
         self.settings = Settings.from_config(config, builtin_schema=schema, earlier_problems=problems)
         super().__init__(
             config=config,
@@ -467,6 +476,39 @@ class TargetCBX1(Target):
         return _ConfigInput(config=config, parse_env="ENV" in value)
 
     @classmethod
+    def get_singer_command(cls) -> click.Command:
+        """The SDK's command, with --check."""
+        command = super().get_singer_command()
+        command.params.append(
+            click.Option(
+                ["--check"],
+                is_flag=True,
+                help="Check api_url, access_key and org_id by fetching a session token; read no input.",
+            )
+        )
+        return command
+
+    def check_connection(self) -> t.NoReturn:
+        """`--check`: fetch a token and say which organisation it is for (exit 0), or why not (exit 1)."""
+        try:
+            self.session.auth.fetch()
+        except requests.exceptions.SSLError as exc:
+            self.logger.error("%s", certificate_message(self.session.base_url, exc))
+        except requests.ConnectionError as exc:
+            detail = describe_network_error(exc, self.settings.timeout)
+            self.logger.error("%s", unreachable_message(self.session.base_url, detail, 1))
+        except (requests.RequestException, TransientError, FatalAPIError) as exc:
+            self.logger.error("Check failed: %s", exc)
+        else:
+            self.logger.info(
+                "Check passed: %s issued a session token for org_id %r; nothing was sent",
+                self.session.base_url,
+                self.settings.org_id,
+            )
+            sys.exit(0)
+        sys.exit(1)
+
+    @classmethod
     def invoke(  # type: ignore[override]
         cls,
         *,
@@ -474,8 +516,10 @@ class TargetCBX1(Target):
         about_format: str | None = None,
         config: _ConfigInput | None = None,
         file_input: t.IO[str] | None = None,
+        check: bool = False,
     ) -> None:
-        """Run the target; if it stops on an error, the state of what was written is printed first."""
+        """Run the target (or `--check`); if it stops on an error, the state of what was written is
+        printed first."""
         super(Target, cls).invoke(about=about, about_format=about_format)
         cls.print_version(print_fn=cls.logger.info)
         context = click.get_current_context(silent=True)
@@ -484,7 +528,7 @@ class TargetCBX1(Target):
             target = cls(
                 config=config.config if config else {},
                 parse_env_config=config.parse_env if config else False,
-                config_path=Path(paths[-1]) if paths else None,
+                config_path=Path(paths[-1]) if paths and not check else None,
             )
         except ConfigValidationError as exc:
             details = [error for error in exc.errors if error not in str(exc)]
@@ -493,6 +537,8 @@ class TargetCBX1(Target):
         except StreamMapConfigError as exc:
             cls.logger.error("Invalid target-cbx1 config: stream_maps: %s", exc)
             sys.exit(2)
+        if check:
+            target.check_connection()
         # What start-up built lives as long as the run: the collector need not look at it again
         # each time it scans the records' objects (a fifth of the CPU of a run without HTTP).
         gc.freeze()
