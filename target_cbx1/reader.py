@@ -34,6 +34,7 @@ INPUT_ERRORS = (
     MapExpressionError,
 )
 BOM = "\ufeff"
+MAX_DEPTH = 200  # levels of nesting a line may hold; a deeper record fails, on every Python version
 REPLACEMENT = "\ufffd"
 _STREAM = re.compile(rb'"stream"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
 
@@ -88,7 +89,7 @@ class NumberedLineReader(SimpleSingerReader):
             message = jsonio.decode(line)
         except (jsonio.DecodeError, RecursionError):
             message = None
-        if isinstance(message, dict):
+        if isinstance(message, dict) and not nested_too_deeply(line, message):
             self.problem = None
             return message
         where = f"line {self.line_number}"
@@ -127,6 +128,21 @@ class NumberedLineReader(SimpleSingerReader):
         return {"type": "RECORD", "stream": json.loads(b'"' + stream.group(1) + b'"'), "record": None}
 
 
+def nested_too_deeply(line: bytes, value: t.Any) -> bool:
+    """Whether a line's JSON nests deeper than MAX_DEPTH; only a line with that many brackets is walked."""
+    if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
+        return False
+    levels = [(value, 1)]
+    while levels:
+        item, level = levels.pop()
+        if not isinstance(item, (dict, list)):
+            continue
+        if level > MAX_DEPTH:
+            return True
+        levels.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 class Reading(t.NamedTuple):
     """A line read as JSON: its value (None when nested too deeply to read), why the record it holds
     cannot be sent as it is, and whether bad characters in it were replaced.
@@ -141,8 +157,10 @@ def read_json(line: bytes, where: str) -> Reading:
     """A line's JSON, fast for clean input; leniently for bytes that are not UTF-8, lone surrogates,
     NaN/Infinity and deep nesting. Raises ValueError for a line that is not JSON at all.
     """
+    too_deep = Reading(None, f"{where}: the record is nested too deeply to read (over {MAX_DEPTH} levels)")
     try:
-        return Reading(jsonio.decode(line))
+        value = jsonio.decode(line)
+        return too_deep if nested_too_deeply(line, value) else Reading(value)
     except (jsonio.DecodeError, RecursionError):
         pass
     text = line.decode("utf-8", "replace")
@@ -152,7 +170,9 @@ def read_json(line: bytes, where: str) -> Reading:
         value = json.loads(text, parse_float=decimal.Decimal, parse_constant=_remember(constants))
         value, surrogates = map_texts(value, without_lone_surrogates)
     except RecursionError:
-        return Reading(None, f"{where}: the record is nested too deeply to read", replaced)
+        return too_deep._replace(repaired=replaced)
+    if nested_too_deeply(line, value):
+        return too_deep._replace(repaired=replaced)
     problem = None
     if constants:
         problem = f"{where}: the record holds {', '.join(sorted(set(constants)))}, which JSON does not allow"

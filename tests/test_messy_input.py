@@ -260,3 +260,21 @@ def test_batch_lines_are_repaired_like_record_lines(sandbox, tmp_path):
     assert (first["success"], second["success"], third["success"]) == (True, True, False)
     assert sandbox.records("accounts")["b1.com"].record["name"] == "Caf\ufffd"
     assert "the record holds NaN, which JSON does not allow" in third["error"]
+
+
+@pytest.mark.parametrize(("depth", "fails"), [(190, False), (260, True)])
+def test_the_nesting_limit_is_the_same_on_every_python(sandbox, tmp_path, depth, fails):
+    nested = "[" * depth + '"x"' + "]" * depth
+    line = '{"type": "RECORD", "stream": "accounts", "record": {"domain": "d.com", "x": ' + nested + "}}"
+
+    result = run_command(
+        sandbox_config(sandbox, validate_records=False),
+        tmp_path,
+        lines_of([SCHEMA]) + line + "\n" + account_line(8) + "\n",
+    )
+
+    if fails:
+        assert_the_deep_record_failed_alone(result)
+        assert "over 200 levels" in result.entries("accounts")[0]["error"]
+    else:
+        assert [entry["success"] for entry in result.entries("accounts")] == [True, True]
