@@ -125,7 +125,7 @@ class ApiSink(Sink):
         self.accept(record, record)
 
     def accept(self, received: dict, record: dict) -> None:
-        """Give the record its state entry, then queue or send it, or fail it with the reason."""
+        """Give the record its state entry, then queue or send it, or refuse it with the reason."""
         self._singer_validate_message(record)
         self.tally_record_read()
         self.record_counter_metric.increment()
@@ -142,14 +142,14 @@ class ApiSink(Sink):
             pending = Pending(entry, key, payload, self.contract.batch_path(payload))
             self._measure(pending)
         except InvalidRecord as exc:
-            entry.fail(f"record does not match the schema of stream {self.stream_name!r}: {exc}")
+            entry.refuse(f"record does not match the schema of stream {self.stream_name!r}: {exc}")
             return
         except RecordRejectedError as exc:
             entry.lookup_key = exc.lookup_key
-            entry.fail(str(exc))
+            entry.refuse(str(exc))
             return
         except RecursionError:
-            entry.fail(
+            entry.refuse(
                 "the record is nested too deeply to prepare, so it was not sent; fix the tap or the ETL"
             )
             return
@@ -193,7 +193,7 @@ class ApiSink(Sink):
             self.stream_name, hashlib.sha256(line).hexdigest(), external_id, alone=True
         )
         if entry.success is None:
-            entry.fail(error)
+            entry.refuse(error)
 
     @abc.abstractmethod
     def enqueue(self, pending: Pending) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import re
 import threading
 import typing as t
+from dataclasses import dataclass, field, replace
 
 import msgspec
 
@@ -21,6 +23,19 @@ WRITE_PIECE_CHARS = 1 << 20
 COMPACT_EVERY = 256  # entries added between two passes that compact the decided ones
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 PLAIN_VALUES = (str, int, bool, type(None))
+MAX_REASONS = 50  # distinct failure reasons counted per stream; the failures past them count as OTHER
+OTHER_REASONS = "other reasons (each record's own error is in the state)"
+# A digit first, then what may not come before it: the regex engine then skips to the digits
+ISO_TIME = r"\d(?<!\w\d)\d{3}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?)?(?:Z|[+-]\d\d:?\d\d)?"
+# Parts of a failure's reason that name the record, not the kind of failure, in the order applied
+RECORD_SPECIFIC = (
+    (re.compile(r"^(?:\S+ )?line \d+: "), ""),  # where the record was read: "line 12: "
+    (re.compile(r"^(?:\S+ )?line \d+ (?=is )"), "the record "),  # "line 12 is a string, ..."
+    (re.compile(r"'(?<!\w')(?:[^'\\]|\\.)*'(?!\w)"), "'...'"),  # a quoted value: 'not a domain'
+    (re.compile(r"\(CRM id [^)]*\)"), "(CRM id ...)"),
+    (re.compile(ISO_TIME), "..."),  # a date or time: a deletion's _sdc_deleted_at
+    (re.compile(r"\d(?<!\w\d)(?<!HTTP \d)\d*(?!\w)"), "N"),  # counts, sizes, positions; not an HTTP status
+)
 _packer = msgspec.msgpack.Encoder()
 _unpacker = msgspec.msgpack.Decoder()
 
@@ -39,6 +54,7 @@ class Entry:
         "lookup_key",
         "mapped_record",
         "original",
+        "refused",
         "replaced",
         "success",
         "updated",
@@ -64,6 +80,7 @@ class Entry:
         self.batch_id: str | None = None
         self.mapped_record: dict[str, t.Any] | None = None
         self.replaced = False
+        self.refused = False  # failed by the target's own checks, never sent (not kept when compacted)
 
     @classmethod
     def from_bookmark(cls, bookmark: t.Mapping[str, t.Any], original: Entry | None) -> Entry:
@@ -93,6 +110,11 @@ class Entry:
         self.success = False
         if self.decisions is not None:
             self.decisions.append(self)
+
+    def refuse(self, error: str) -> None:
+        """The target's own checks refused the record: it fails without being sent."""
+        self.refused = True
+        self.fail(error)
 
     @property
     def outcome(self) -> Entry:
@@ -133,6 +155,54 @@ class Entry:
         return bookmark
 
 
+@functools.lru_cache(maxsize=4096)
+def reason_of(error: str) -> str:
+    """A failure's reason without what names the record (its line, quoted values, numbers), so
+    the failures of one kind count together.
+    """
+    for pattern, replacement in RECORD_SPECIFIC:
+        error = pattern.sub(replacement, error)
+    return error
+
+
+@dataclass
+class Tally:
+    """This run's records of a stream by outcome, and its failures by (not sent, reason)."""
+
+    received: int = 0
+    succeeded: int = 0
+    existing: int = 0
+    failed: int = 0  # sent, and failed by CBX1 or the network
+    not_sent: int = 0  # failed the target's own checks
+    reasons: collections.Counter[tuple[bool, str]] = field(default_factory=collections.Counter)
+
+    @property
+    def undecided(self) -> int:
+        """Records with no outcome yet (queued or in flight when the run stopped)."""
+        return self.received - self.succeeded - self.existing - self.failed - self.not_sent
+
+    def count(self, entry: Entry) -> None:
+        """Count one decided entry of the stream."""
+        key = entry.summary_key
+        if key == "existing":
+            self.existing += 1
+        elif key != "fail":
+            self.succeeded += 1
+        else:
+            self.count_failure(entry)
+
+    def count_failure(self, entry: Entry) -> None:
+        """Count a failed entry by its reason; reasons past MAX_REASONS distinct count as OTHER."""
+        if entry.refused:
+            self.not_sent += 1
+        else:
+            self.failed += 1
+        reason = (entry.refused, reason_of(entry.error or ""))
+        if reason not in self.reasons and len(self.reasons) >= MAX_REASONS:
+            reason = (entry.refused, OTHER_REASONS)
+        self.reasons[reason] += 1
+
+
 def compact(entry: Entry) -> bytes | None:
     """A decided entry's bookmark in a fifth of the memory (MessagePack, a SHA-256 hash as its 32
     bytes); None when a value is not plain text, a whole number, true/false or null (kept as is).
@@ -170,9 +240,10 @@ class StateLedger:
     and come first in the state.
 
     Memory: the decided entries at the head of a stream (its decided prefix) are compacted every
-    COMPACT_EVERY records, and counted as they are; only the entries after the prefix (in flight,
-    or decided out of order) are kept as objects. Identical records are found by the hash of their
-    hash (verified on a match), so no 64-character key is kept per record.
+    COMPACT_EVERY records, and counted as they are (the state's summary, and this run's Tally by
+    outcome and failure reason); only the entries after the prefix (in flight, or decided out of
+    order) are kept as objects. Identical records are found by the hash of their hash (verified on
+    a match), so no 64-character key is kept per record.
     """
 
     def __init__(self) -> None:
@@ -184,6 +255,7 @@ class StateLedger:
         self._superseded: dict[str, dict[str, Entry]] = {}
         self._prefix: dict[str, int] = {}
         self._prefix_counts: dict[str, collections.Counter[str]] = {}
+        self._prefix_failures: dict[str, Tally] = {}  # the prefix's failures; its other counts above
         self._compacting = threading.Lock()  # the prefix and its counts move together
 
     def seed(self, state: t.Mapping[str, t.Any]) -> int:
@@ -211,6 +283,8 @@ class StateLedger:
         self._by_hash.setdefault(stream, {})
         self._prefix.setdefault(stream, 0)
         self._prefix_counts.setdefault(stream, collections.Counter())
+        if stream not in self._prefix_failures:  # not setdefault: no Tally built for each record
+            self._prefix_failures[stream] = Tally()
         self._entries.setdefault(stream, [])  # last: a stream listed here has all its parts
         if self._decisions is not None:
             self._decisions.setdefault(stream, collections.deque())
@@ -251,7 +325,7 @@ class StateLedger:
             newer = superseded.get(record_hash) if superseded else None
             if newer is not None and entry.success is None:
                 entry.lookup_key = newer.lookup_key
-                entry.fail(
+                entry.refuse(
                     f"superseded: a later record with lookupKey {newer.lookup_key!r} (CRM id "
                     f"{newer.external_id}) was written by an earlier run of this job after this one "
                     "failed, so it is not sent again and CBX1 keeps the newer data"
@@ -276,15 +350,18 @@ class StateLedger:
         """
         with self._compacting:
             entries, index = self._entries[stream], self._by_hash[stream]
-            counts = self._prefix_counts[stream]
+            counts, failures = self._prefix_counts[stream], self._prefix_failures[stream]
             count = self._prefix[stream]
             while count < len(entries):
                 entry = entries[count]
                 if isinstance(entry, Entry):
                     if entry.outcome.success is None:
                         break
-                    counts[entry.summary_key] += 1
+                    key = entry.summary_key
+                    counts[key] += 1
                     counts["failed" if entry.outcome.success is False else "written"] += 1
+                    if key == "fail":
+                        failures.count_failure(entry)
                     packed = compact(entry)
                     if packed is not None:
                         entries[count] = packed
@@ -354,6 +431,26 @@ class StateLedger:
         expanded = (expand(item) for item in self._entries[stream])
         decided = (entry for entry in expanded if entry.outcome.success is not None)
         return itertools.chain(kept, decided)
+
+    def tally(self, stream: str) -> Tally:
+        """This run's records of the stream by outcome and failure reason (for the run summary): the
+        decided prefix's counts, and the entries after it counted now.
+        """
+        with self._compacting:
+            start, entries, counts = self._prefix[stream], self._entries[stream], self._prefix_counts[stream]
+            tally = replace(
+                self._prefix_failures[stream],
+                received=len(entries),
+                succeeded=counts["success"] + counts["updated"],
+                existing=counts["existing"],
+                reasons=collections.Counter(self._prefix_failures[stream].reasons),
+            )
+            window = entries[start:]
+        for item in window:
+            entry = expand(item)
+            if entry.outcome.success is not None:
+                tally.count(entry)
+        return tally
 
     def summary(self, stream: str) -> dict[str, int]:
         prefix, window = self._window(stream)

@@ -120,21 +120,26 @@ def test_progress_lines_and_the_final_summary_table(tmp_path):
     progress = [line for line in result.stderr.splitlines() if "Progress: " in line]
     assert progress
     assert "records read" in progress[0]
+    assert "confirmed" in progress[0]
+    assert "in flight" in progress[0]
     assert "records/s" in progress[0]
-    table = result.stderr.split("Summary per stream:")[1].splitlines()
-    header, row = table[1].split("|")[-1].split(), table[2].split("|")[-1].split()
-    assert header == [
+    table = result.stderr.split("Summary per stream")[1].splitlines()
+    header, row = table[1].split("|")[-1].split("  "), table[2].split("|")[-1].split()
+    assert [cell.strip() for cell in header if cell.strip()] == [
         "stream",
+        "received",
         "sent",
         "succeeded",
-        "failed",
         "existing",
+        "failed",
+        "not sent",
+        "undecided",
         "requests",
         "retries",
         "seconds",
         "rec/s",
     ]
-    assert row[:7] == ["accounts", "200", "200", "0", "0", "10", "1"]
+    assert row[:10] == ["accounts", "200", "200", "200", "0", "0", "0", "0", "10", "1"]
 
 
 def test_a_tap_writing_state_every_five_records_still_gets_full_requests(sandbox, tmp_path):
