@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import decimal
+import logging
 import math
 import threading
 import time
 import typing as t
+from urllib.parse import quote
 
 import requests
 from pydantic import ValidationError
@@ -14,7 +16,7 @@ from pydantic import ValidationError
 from target_cbx1.errors import ApiUrlError, CredentialsError, RedirectedError, TransientError
 from target_cbx1.jsonio import json_kind
 from target_cbx1.models import SUCCESS_CODE, SessionToken
-from target_cbx1.redaction import mask, register_secret
+from target_cbx1.redaction import mask, register_secret, replayable_command, replayable_url
 from target_cbx1.responses import decode_leniently, read_within, redirect_message, server_message
 from target_cbx1.retries import Action, action_for, parse_retry_after
 
@@ -23,6 +25,7 @@ REFRESH_MARGIN_SECONDS = 120  # HotGlue's rule: refresh when fewer than this man
 LONGEST_LIFETIME_SECONDS = 86400.0  # a longer maxAge is taken as a day: a token is refetched at least daily
 
 TokenListener = t.Callable[[str, "float | None"], None]
+logger = logging.getLogger("target-cbx1.auth")
 
 
 class SessionTokenAuth:
@@ -40,7 +43,11 @@ class SessionTokenAuth:
         expires_at: float | None = None,
         on_new_token: TokenListener | None = None,
         clock: t.Callable[[], float] = time.time,
+        replay_headers: t.Mapping[str, str] | None = None,
     ) -> None:
+        """`replay_headers`: the headers a failed token request is logged with at DEBUG, as a cURL
+        command (the secret ones as <placeholders>).
+        """
         register_secret(access_key)
         register_secret(token)
         self._session = session
@@ -52,6 +59,7 @@ class SessionTokenAuth:
         self._expires_at = expires_at
         self._on_new_token = on_new_token
         self._clock = clock
+        self._replay_headers = replay_headers or {}
         self._lifetime: float | None = None
         self._lock = threading.Lock()
         self.answered = False  # the token endpoint gave an HTTP answer (the host is reachable)
@@ -86,11 +94,17 @@ class SessionTokenAuth:
     def _fetch(self) -> None:
         params = {"authenticationType": "ACCESS_KEY", "code": self._access_key, "orgId": self._org_id}
         deadline = time.monotonic() + self._timeout
-        response = self._session.get(
-            self._token_url, params=params, timeout=self._timeout, allow_redirects=False, stream=True
-        )
-        self.answered = True
-        read_within(response, deadline, self._timeout)
+        try:
+            response = self._session.get(
+                self._token_url, params=params, timeout=self._timeout, allow_redirects=False, stream=True
+            )
+            self.answered = True
+            read_within(response, deadline, self._timeout)
+        except requests.RequestException as exc:
+            self._log_replay(type(exc).__name__)
+            raise
+        if not 200 <= response.status_code < 300:
+            self._log_replay(f"HTTP {response.status_code}")
         action = action_for(response.status_code)
         if action is Action.REDIRECT:
             raise RedirectedError(redirect_message(response))
@@ -114,6 +128,17 @@ class SessionTokenAuth:
         self._expires_at = None if self._lifetime is None else self._clock() + self._lifetime
         if self._on_new_token is not None:
             self._on_new_token(self._token, self._expires_at)
+
+    def _log_replay(self, outcome: str) -> None:
+        """At DEBUG, log the failed token request as a cURL command, the access key as <access key>."""
+        if not logger.isEnabledFor(logging.DEBUG):
+            return
+        query = f"authenticationType=ACCESS_KEY&code=<access key>&orgId={quote(self._org_id, safe='')}"
+        url = f"{replayable_url(self._token_url)}?{query}"
+        command = replayable_command("GET", url, self._replay_headers)
+        logger.debug(
+            "The token request failed (%s); to replay it, fill in the <placeholders>: %s", outcome, command
+        )
 
     def _issued(self, response: requests.Response) -> SessionToken:
         """The token a 2xx answer holds. An answer that holds none is described by its shape only:

@@ -9,17 +9,20 @@ import logging
 import re
 import threading
 import typing as t
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 
 MASK = "***"
 _MIN_SECRET_LENGTH = 4
+REPLAY_BODY_LIMIT = 10_000  # characters of a body a replayable command holds
+_NOT_A_PLACEHOLDER = r"(?!(?:bearer\s+)?<[\w .\-]+>)"  # a replayable command's <placeholder> stays
 # Query parameters and headers that carry credentials, masked whatever their value.
 _CREDENTIAL_PATTERN = re.compile(
     r"(?i)((?:[?&](?:code|access_?key|token)=)|(?:authorization[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?))"
-    r"[^&\s\"',]+"
+    + _NOT_A_PLACEHOLDER
+    + r"[^&\s\"',]+"
 )
 # The password of a URL's user info: https://user:password@host
-_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^/\s@]+(@)")
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^/\s:@]*:)" + _NOT_A_PLACEHOLDER + r"[^/\s@]+(@)")
 
 _secrets: set[str] = set()
 _longest_first: list[str] = []
@@ -46,6 +49,49 @@ def mask(text: str) -> str:
             text = text.replace(secret, MASK)
     text = _URL_PASSWORD.sub(lambda match: match.group(1) + MASK + match.group(2), text)
     return _CREDENTIAL_PATTERN.sub(lambda match: match.group(1) + MASK, text)
+
+
+def shell_quoted(text: str) -> str:
+    """Text as one single-quoted POSIX shell word."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def replayable_url(url: str) -> str:
+    """The URL with the password of its user info (if any) replaced by a placeholder."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:<api_url password>@{parts.netloc.rpartition('@')[2]}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+def replayable_command(
+    method: str,
+    url: str,
+    headers: t.Mapping[str, str],
+    body: bytes | None = None,
+    bearer: str | None = None,
+) -> str:
+    """A cURL command replaying a request whose secrets the caller replaced with <placeholders>
+    (`bearer`: the Authorization token's); it is masked as well, and a body longer than
+    REPLAY_BODY_LIMIT is cut, with a comment saying so.
+    """
+    words = ["curl", "-X", method, shell_quoted(url)]
+    for name, value in headers.items():
+        words += ["-H", shell_quoted(f"{name}: {value}")]
+    if bearer is not None:  # curl sends it as Authorization: Bearer ...
+        words += ["--oauth2-bearer", shell_quoted(bearer)]
+    note = ""
+    if body is not None:
+        text = body.decode("utf-8", errors="replace")
+        if len(text) > REPLAY_BODY_LIMIT:
+            note = (
+                f"  # body cut after {REPLAY_BODY_LIMIT:,} characters: {len(text) - REPLAY_BODY_LIMIT:,} "
+                "more were left out"
+            )
+            text = text[:REPLAY_BODY_LIMIT]
+        words += ["--data-raw", shell_quoted(text)]
+    return mask(" ".join(words)) + note
 
 
 def install_log_masking() -> None:

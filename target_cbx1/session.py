@@ -28,7 +28,7 @@ from target_cbx1.errors import (
     UnreachableError,
 )
 from target_cbx1.ratelimit import RateLimiter
-from target_cbx1.redaction import mask, register_secret
+from target_cbx1.redaction import mask, register_secret, replayable_command, replayable_url
 from target_cbx1.responses import read_within, redirect_message, server_message
 from target_cbx1.retries import Action, RetryPolicy, action_for, parse_retry_after
 from target_cbx1.transport import ACCEPT_ENCODING, LeanAdapter
@@ -37,6 +37,7 @@ if t.TYPE_CHECKING:
     from target_cbx1.settings import Settings
 
 logger = logging.getLogger("target-cbx1.session")
+UNREPLAYED_HEADERS = ("Accept-Encoding", "Connection", "Content-Length")  # curl sets these itself
 
 
 @dataclass
@@ -108,6 +109,10 @@ class ApiSession:
         self._stopping = threading.Event()  # wakes every retry wait when the run stops
         self._lock = threading.Lock()
         self._headers = {name: str(value) for name, value in self.session.headers.items()}
+        self._replay_headers = {
+            **{name: value for name, value in self._headers.items() if name not in UNREPLAYED_HEADERS},
+            **{header.name: f"<{header.name} value>" for header in settings.custom_headers},
+        }
         # requests looks at a request's cookie jar when it meets a redirect (which it does not follow).
         self._redirect_cookies = requests.cookies.RequestsCookieJar()
         self.auth = SessionTokenAuth(
@@ -119,6 +124,7 @@ class ApiSession:
             token=settings.access_token.get_secret_value() if settings.access_token else None,
             expires_at=settings.expires_in,
             on_new_token=on_new_token,
+            replay_headers=self._replay_headers,
         )
 
     def url(self, path: str) -> str:
@@ -213,9 +219,25 @@ class ApiSession:
         request.hooks = {"response": []}
         request._cookies = self._redirect_cookies  # type: ignore[attr-defined]  # read on a redirect
         deadline = time.monotonic() + self.timeout
-        response = self.session.send(request, timeout=self.timeout, allow_redirects=False, stream=True)
-        read_within(response, deadline, self.timeout)
+        try:
+            response = self.session.send(request, timeout=self.timeout, allow_redirects=False, stream=True)
+            read_within(response, deadline, self.timeout)
+        except requests.RequestException as exc:
+            if logger.isEnabledFor(logging.DEBUG):
+                self._log_replay(path, body, type(exc).__name__)
+            raise
+        if not 200 <= response.status_code < 300 and logger.isEnabledFor(logging.DEBUG):
+            self._log_replay(path, body, f"HTTP {response.status_code}")
         return response
+
+    def _log_replay(self, path: str, body: bytes, outcome: str) -> None:
+        """Log a failed attempt as a cURL command, its secrets replaced with <placeholders>."""
+        command = replayable_command(
+            "POST", replayable_url(self.url(path)), self._replay_headers, body, "<session token>"
+        )
+        logger.debug(
+            "POST %s failed (%s); to replay it, fill in the <placeholders>: %s", path, outcome, command
+        )
 
     def raise_if_stopping(self) -> None:
         """Before anything new is read or sent: stop for a signal (or a fatal error), or an outage."""

@@ -28,6 +28,8 @@ ENV_PREFIX = "TARGET_CBX1_"  # --config ENV reads TARGET_CBX1_<SETTING> variable
 # HotGlue writes these keys into the job's config; each is accepted beside our own name.
 HOTGLUE_ALIASES = {"access_key": "Code", "org_id": "OrgId", "access_token": "AccessToken"}
 OBJECT_TYPES = ("ACCOUNT", "CONTACT")
+# Set by Meltano (4.4) for every plugin it runs: the project's root, and the loader's name.
+MELTANO_VARIABLES = ("MELTANO_PROJECT_ROOT", "MELTANO_LOADER_NAME")
 
 
 def setting(
@@ -217,7 +219,8 @@ class Settings(BaseModel):
         "hotglue",
         description="What the target prints on stdout. hotglue: one HotGlue state line with every "
         "record's outcome, at the end. singer: the tap's STATE messages, each forwarded once every "
-        "record before it is written (for Meltano and other Singer runners).",
+        "record before it is written (for Meltano and other Singer runners). Under Meltano, singer "
+        "unless set.",
     )
     results_path: str | None = setting(
         None,
@@ -234,8 +237,8 @@ class Settings(BaseModel):
         10,
         ge=0,
         le=86_400,
-        description="Seconds between progress lines on stderr (records read, written, failed, rate); "
-        "0 turns them off. A summary table per stream is logged at the end.",
+        description="Seconds between progress lines on stderr (records read, confirmed, failed, in flight, "
+        "rate); 0 turns them off. A summary table per stream is logged at the end.",
     )
     max_concurrency: int = setting(
         8,
@@ -340,6 +343,8 @@ class Settings(BaseModel):
                 values[ours] = config[hotglue]
         if not values.get("api_url") and os.environ.get("BASE_URL"):
             values["api_url"] = os.environ["BASE_URL"]
+        if singer_state_under_meltano(config, os.environ):
+            values["state_output"] = "singer"
         if builtin_schema is not None:
             problems += builtin_problems(config, builtin_schema)
         try:
@@ -351,6 +356,14 @@ class Settings(BaseModel):
                 "Invalid target-cbx1 config: " + "; ".join(problems), errors=problems
             ) from None
         return settings
+
+
+def singer_state_under_meltano(config: t.Mapping[str, t.Any], environ: t.Mapping[str, str]) -> bool:
+    """Whether the run is under Meltano with state_output not set, so that it is singer: the tap's
+    STATE is forwarded and HotGlue's state line never becomes the tap's bookmark.
+    """
+    unset = config.get("state_output") in (None, "")
+    return unset and any(environ.get(name) for name in MELTANO_VARIABLES)
 
 
 def environment_values(

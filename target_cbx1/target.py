@@ -43,7 +43,13 @@ from target_cbx1.session import (
     describe_network_error,
     unreachable_message,
 )
-from target_cbx1.settings import CONFIG_SCHEMA, Settings, environment_values, unknown_settings
+from target_cbx1.settings import (
+    CONFIG_SCHEMA,
+    Settings,
+    environment_values,
+    singer_state_under_meltano,
+    unknown_settings,
+)
 from target_cbx1.sinks import BatchSink, RecordSink
 from target_cbx1.streams import StreamRouter
 from target_cbx1.tapstate import TapStateForwarder
@@ -102,6 +108,11 @@ class TargetCBX1(Target):
             setup_mapper=setup_mapper,
             message_reader=message_reader,
         )
+        if singer_state_under_meltano(config, os.environ):
+            self.logger.info(
+                "Running under Meltano: state_output singer (the tap's STATE is forwarded once its records "
+                "are confirmed); set state_output to hotglue to print HotGlue's state line instead"
+            )
         self.max_parallelism = 1  # streams are drained one after the other, in a known order
         self.ledger = StateLedger()
         self._config_path = config_path

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from target_cbx1.settings import CONFIG_SCHEMA
 
@@ -40,3 +43,54 @@ def test_readme_settings_table_names_every_setting() -> None:
     names = {row.split("|")[1].strip() for row in readme_block().splitlines()[2:]}
     missing = sorted(set(CONFIG_SCHEMA["properties"]) - names)
     assert not missing, f"README.md's settings table lacks {missing}: run `make readme`"
+
+
+DOCS = sorted((README.parent / "docs").glob("*.md"))
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def markdown_lines(text: str) -> list[str]:
+    """The lines outside fenced code blocks."""
+    lines, fence = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fence = not fence
+        elif not fence:
+            lines.append(line)
+    return lines
+
+
+def anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, spaces to '-', punctuation but '-' and '_' dropped."""
+    found: set[str] = set()
+    for line in markdown_lines(path.read_text()):
+        heading = re.match(r"#{1,6} (.+?)\s*$", line)
+        if heading:
+            anchor = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            suffix = 1
+            unique = anchor
+            while unique in found:
+                unique = f"{anchor}-{suffix}"
+                suffix += 1
+            found.add(unique)
+    return found
+
+
+def test_the_docs_pages_exist() -> None:
+    assert DOCS, "docs/*.md is missing"
+
+
+@pytest.mark.parametrize("page", [README, *DOCS], ids=lambda page: page.name)
+def test_every_relative_link_resolves(page: Path) -> None:
+    broken = []
+    for line in markdown_lines(page.read_text()):
+        for target in LINK.findall(line):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):
+                continue  # https:, mailto: ...
+            file_part, _, anchor = target.partition("#")
+            linked = (page.parent / file_part).resolve() if file_part else page
+            if not linked.exists():
+                broken.append(f"{target}: no file {file_part}")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                broken.append(f"{target}: no heading #{anchor} in {linked.name}")
+    assert not broken, f"{page.name} has broken links: {broken}"
