@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import typing as t
 import uuid
@@ -180,6 +181,8 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never depend on the developer's environment."""
     for name in ("BASE_URL", "JOB_ROOT", "JOB_ID", "OUTPUT_MAPPED_RECORD", "CONNECTOR_ID"):
         monkeypatch.delenv(name, raising=False)
+    for name in [name for name in os.environ if name.startswith("MELTANO_")]:  # `meltano invoke pytest`
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture
