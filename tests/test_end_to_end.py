@@ -295,9 +295,14 @@ def test_demo_writes_by_default_only_where_git_ignores():
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        (None, "does not exist"),
+        (None, "does not exist. Fix the file given with --config"),
         ("not json", "is not valid JSON"),
         ("[1, 2]", "holds a JSON list, not an object"),
+        ("{}", "api_url is required (or set the BASE_URL environment variable); access_key is required"),
+        (
+            '{"api_url": "https://a.example", "access_key": "k", "org_id": "o", "max_retries": "x"}',
+            "max_retries:",
+        ),
         (
             '{"api_url": "https://a.example", "access_key": "k-123456", "org_id": "o", "api": "nope", '
             '"max_concurrency": 100000, "timeout": 1e308, "stream_maps": 5}',
@@ -324,7 +329,7 @@ def test_a_bad_config_stops_with_one_line_listing_every_problem_and_exit_2(tmp_p
     errors = [line for line in process.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1
     assert problem in errors[0]
-    if content is not None and "api" in content:
+    if content is not None and '"api": "nope"' in content:
         for other in (
             "max_concurrency: Input should be less than or equal to 64",
             "timeout:",

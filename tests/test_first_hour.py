@@ -39,38 +39,6 @@ def one_error(result: Result) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize(
-    ("content", "hint"),
-    [
-        (None, "does not exist. Fix the file given with --config"),
-        ("{bad", "is not valid JSON"),
-        ("{}", "api_url is required (or set the BASE_URL environment variable); access_key is required"),
-        (
-            '{"api_url": "https://a.example", "access_key": "k", "org_id": "o", "max_retries": "x"}',
-            "max_retries:",
-        ),
-    ],
-)
-def test_a_config_problem_is_one_line_and_exit_2(tmp_path, content, hint):
-    config_file = tmp_path / "config.json"
-    if content is not None:
-        config_file.write_text(content)
-
-    process = subprocess.run(
-        [COMMAND, "--config", str(config_file)],
-        input=INPUT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env_with(None),
-    )
-
-    result = Result(process)
-    assert result.returncode == 2
-    assert hint in one_error(result)
-
-
 def test_an_unknown_setting_is_named_with_the_setting_it_may_mean(sandbox, tmp_path):
     result = run_command(sandbox_config(sandbox, max_retry=3, acme=1), tmp_path, INPUT)
 
