@@ -14,7 +14,7 @@ import typing as t
 from pathlib import Path
 
 from target_cbx1.incremental import write_atomically
-from target_cbx1.sandbox import faults
+from target_cbx1.sandbox import chaos, faults
 from target_cbx1.sandbox.ingestion import DEFAULT_SOURCES, check_source_name
 from target_cbx1.sandbox.server import DEFAULT_ACCESS_KEY, DEFAULT_ORG_ID, Sandbox
 
@@ -33,6 +33,13 @@ def source_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def chaos_rate(text: str) -> tuple[str, float]:
+    try:
+        return chaos.parse_rate(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(
         prog="cbx1-sandbox",
@@ -40,8 +47,9 @@ def parser() -> argparse.ArgumentParser:
         "POST /api/t/v1/targets/integrations/{SOURCE}/{ACCOUNT|CONTACT}/records) for demos and tests.\n"
         "It prints its URL, then serves until interrupted.\n"
         "GET /_sandbox/records lists what /bulk and /upsert stored, GET /_sandbox/entities the\n"
-        "entities /records stored; POST /_sandbox/faults with a JSON list of specs scripts more faults.",
-        epilog=faults.__doc__,
+        "entities /records stored; POST /_sandbox/faults with a JSON list of specs scripts more faults;\n"
+        "GET /_sandbox/chaos reports what chaos mode (--chaos SEED) injected.",
+        epilog=f"{faults.__doc__}\n{chaos.__doc__}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cli.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port; default 0)")
@@ -55,6 +63,24 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--token-max-age", type=int, default=3600, help="session token lifetime, seconds (3600)")
     cli.add_argument(
         "--fault", action="append", default=[], metavar="SPEC", help="script a fault (see below)"
+    )
+    cli.add_argument(
+        "--chaos", type=int, metavar="SEED", help="inject random faults, deterministic for SEED (see below)"
+    )
+    cli.add_argument(
+        "--chaos-rate",
+        action="append",
+        type=chaos_rate,
+        default=[],
+        metavar="KIND=RATE",
+        help="rate of one chaos fault kind, repeatable; given, the rates replace the defaults",
+    )
+    cli.add_argument(
+        "--chaos-slow-seconds",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how late a chaos `slow` answer comes (default 2)",
     )
     cli.add_argument(
         "--lookup-field",
@@ -72,7 +98,9 @@ def parser() -> argparse.ArgumentParser:
         help=f"a SOURCE /records ingests, repeatable; given, it replaces {', '.join(DEFAULT_SOURCES)}",
     )
     cli.add_argument(
-        "--seed", type=int, help="seed for the order of /bulk and /records results (default: random)"
+        "--seed",
+        type=int,
+        help="seed for the order of /bulk and /records results (default: the --chaos SEED, else random)",
     )
     cli.add_argument(
         "--config-file",
@@ -91,6 +119,10 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(name)s: %(message)s")
     try:
+        scheduler = None
+        if args.chaos is not None:
+            rates = dict(args.chaos_rate) or dict(chaos.DEFAULT_RATES)
+            scheduler = chaos.Chaos(args.chaos, rates, args.chaos_slow_seconds)
         sandbox = Sandbox(
             access_key=args.access_key,
             org_id=args.org_id,
@@ -99,10 +131,11 @@ def main(argv: t.Sequence[str] | None = None) -> int:
             token_max_age=args.token_max_age,
             faults=args.fault,
             lookup_fields={"accounts": "domain", "contacts": "email", **dict(args.lookup_field)},
-            seed=args.seed,
+            seed=args.chaos if args.seed is None else args.seed,
             sources=args.source or DEFAULT_SOURCES,
+            chaos=scheduler,
         )
-    except (faults.FaultSpecError, OSError) as error:
+    except (ValueError, OSError) as error:
         print(f"cbx1-sandbox: {error}", file=sys.stderr)
         return 2
     stopped = threading.Event()
@@ -125,6 +158,9 @@ def main(argv: t.Sequence[str] | None = None) -> int:
         f"CBX1 sandbox stopped after {len(sandbox.exchanges)} data requests; stored {stored}; "
         f"entities {entities}"
     )
+    if sandbox.chaos is not None:
+        injected = {kind: count for kind, count in sandbox.chaos.counts.items() if count}
+        summary += f"; chaos faults {injected}"
     print(summary, file=sys.stderr)
     return 0
 

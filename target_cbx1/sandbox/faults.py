@@ -4,7 +4,8 @@ A fault is written `KIND[=ARG][*COUNT]`; it applies to the next COUNT data reque
 `*always` for every one) on /bulk, /upsert and /records alike. `reject=KEY` applies to every
 request carrying that lookup key (for /records, a record's normalised lookupKey). For `answer`, ARG
 is everything after the first `=` (it may hold `=` and `*`); only a trailing `*N` or `*always` is COUNT.
-slow, trickle, omit and conflict write the records and change the real answer; the others store nothing.
+slow, trickle, omit, conflict and drop-after write the records and change the real answer; the others
+store nothing.
 
     429=2            429 Too Many Requests with Retry-After: 2 (seconds; default 1)
     500..504         that status with an HTML body, as a gateway sends
@@ -14,6 +15,7 @@ slow, trickle, omit and conflict write the records and change the real answer; t
                      SECONDS (default 5): no single read waits long, the whole answer takes SECONDS
     trickle-head=SECONDS  the same, the status line and headers a byte at a time too
     drop             close the connection without answering (nothing is written)
+    drop-after       write the records, then close the connection without answering
     omit=N           leave N results out of a /bulk or /records answer (default 1)
     conflict         answer the first result of a /bulk or /records batch twice, the second time with
                      the same lookupKey and the opposite outcome (error "Duplicate record" if a failure)
@@ -44,6 +46,7 @@ KINDS = (
     "trickle",
     "trickle-head",
     "drop",
+    "drop-after",
     "omit",
     "conflict",
     "not-cm000",
@@ -60,6 +63,7 @@ WRITING_KINDS = (
     "trickle-head",
     "omit",
     "conflict",
+    "drop-after",
 )  # the real answer, changed: the records are written
 BODY_KINDS = ("html", "empty", "truncated")
 REDIRECT_STATUSES = ("301", "302", "303", "307", "308")

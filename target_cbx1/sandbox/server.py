@@ -1,4 +1,5 @@
-"""The sandbox's HTTP side: the CBX1 contract (auth, /bulk, /upsert, /records) on 127.0.0.1, with faults."""
+"""The sandbox's HTTP side: the CBX1 contract (auth, /bulk, /upsert, /records) on 127.0.0.1, with faults
+scripted (target_cbx1.sandbox.faults) or random (target_cbx1.sandbox.chaos)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from target_cbx1.sandbox.chaos import Chaos
 from target_cbx1.sandbox.faults import GATEWAY_STATUSES, WRITING_KINDS, Fault, FaultScript, FaultSpecError
 from target_cbx1.sandbox.ingestion import (
     DEFAULT_SOURCES,
@@ -106,6 +108,7 @@ class Sandbox:
         lookup_fields: t.Mapping[str, str] | None = None,
         seed: int | None = None,
         sources: t.Iterable[str] = DEFAULT_SOURCES,
+        chaos: Chaos | None = None,
     ) -> None:
         self.access_key = access_key
         self.org_id = org_id
@@ -116,6 +119,7 @@ class Sandbox:
         self.faults = FaultScript()
         for spec in faults:
             self.faults.add(spec)
+        self.chaos = chaos
         self.exchanges: list[Exchange] = []
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -166,7 +170,8 @@ class Sandbox:
         """The answer to one request (None: drop the connection); header names in lower case."""
         url = urlsplit(target)
         if method == "GET" and url.path == TOKEN_PATH:
-            return self._delayed(self._issue_token(parse_qs(url.query)))
+            answer = self._token(url.path, parse_qs(url.query))
+            return self._delayed(answer) if answer else None
         if url.path.startswith("/_sandbox/"):
             return self._control(method, url.path, body)
         if method == "POST" and (match := DATA_PATH.match(url.path)):
@@ -180,6 +185,18 @@ class Sandbox:
         if self.latency:
             time.sleep(self.latency)
         return answer
+
+    def _token(self, path: str, query: dict[str, list[str]]) -> Answer | None:
+        """A token request's answer, or a chaos fault's: it issues the token first if the fault writes."""
+        fault = self.chaos.fault("token") if self.chaos is not None else None
+        if fault is None:
+            return self._issue_token(query)
+        answer = self._faulty(fault, path, ())
+        if answer is None and fault.kind in WRITING_KINDS:
+            answer = self._issue_token(query)
+            if fault.kind == "slow":
+                time.sleep(fault.number(5))
+        return None if fault.kind == "drop-after" else answer
 
     def _issue_token(self, query: dict[str, list[str]]) -> Answer:
         given = (query.get("authenticationType"), query.get("code"), query.get("orgId"))
@@ -195,6 +212,10 @@ class Sandbox:
             return Answer(200, json.dumps(self.store.listing()))
         if method == "GET" and path == "/_sandbox/entities":
             return Answer(200, json.dumps(self.entity_store.listing()))
+        if method == "GET" and path == "/_sandbox/chaos":
+            if self.chaos is None:
+                return envelope(404, "CM404", "Chaos mode is off: start the sandbox with --chaos SEED")
+            return Answer(200, json.dumps(self.chaos.report()))
         if method == "POST" and path == "/_sandbox/faults":
             try:
                 for spec in json.loads(body or b"[]"):
@@ -230,6 +251,8 @@ class Sandbox:
                 self.exchanges.append(exchange)
             if fault is not None and fault.kind == "slow":
                 time.sleep(fault.number(5))
+            if fault is not None and fault.kind == "drop-after":
+                answer = None  # written, and never answered
             answer = self._delayed(answer) if answer else None
         except BaseException:
             with self._lock:
@@ -261,9 +284,11 @@ class Sandbox:
         keys = tuple(self.store.key_of(stream, record) for record in records)
         if endpoint == "bulk":
             write = functools.partial(self._upsert_all, stream, records)
-            answer, fault = self._with_faults(path, keys, write)
+            answer, fault = self._with_faults(path, endpoint, headers, keys, write)
         else:
-            answer, fault = self._with_faults(path, keys, lambda _: self._upsert(stream, payload))
+            answer, fault = self._with_faults(
+                path, endpoint, headers, keys, lambda _: self._upsert(stream, payload)
+            )
         return answer, keys, fault
 
     def _records_answer(
@@ -280,14 +305,27 @@ class Sandbox:
             return envelope(400, "CM400", str(error)), (), None
         keys = tuple(self.entity_store.key_of(object_type, record) for record in records)
         write = functools.partial(self._ingest_all, source, object_type, records)
-        answer, fault = self._with_faults(path, keys, write)
+        answer, fault = self._with_faults(path, "records", headers, keys, write)
         return answer, keys, fault
 
     def _with_faults(
-        self, path: str, keys: tuple[str | None, ...], write: t.Callable[[Fault | None], Answer]
+        self,
+        path: str,
+        endpoint: str,
+        headers: t.Mapping[str, str],
+        keys: tuple[str | None, ...],
+        write: t.Callable[[Fault | None], Answer],
     ) -> tuple[Answer | None, Fault | None]:
-        """The fault for a request carrying these keys, and the answer: the fault's, or what write() gives."""
+        """The fault for a request carrying these keys, and the answer: the fault's, or what write() gives.
+
+        A scripted fault comes first; without one, chaos may pick one, and its 401 revokes the token.
+        """
         fault = self.faults.take(keys)
+        if fault is None and self.chaos is not None:
+            fault = self.chaos.fault(endpoint, keys)
+            if fault is not None and fault.kind == "401":
+                with self._lock:
+                    self.tokens.pop((headers.get("authorization") or "").partition(" ")[2], None)
         answer = self._faulty(fault, path, keys) if fault else None
         if answer is None and (fault is None or fault.kind in WRITING_KINDS):
             answer = write(fault)
@@ -346,7 +384,7 @@ class Sandbox:
             return envelope(status, f"CM{status}", message)
         if fault.kind == "redirect":
             return Answer(int(fault.arg or 302), "", {"Location": f"{self.url}/moved{path}"}, None)
-        return None  # slow, trickle, omit, conflict: the real answer, changed; drop: no answer
+        return None  # slow, trickle, omit, conflict, drop-after: the real answer, changed; drop: no answer
 
     def _upsert_all(self, stream: str, records: list[t.Any], fault: Fault | None) -> Answer:
         results = [self.store.upsert(stream, record).as_result() for record in records]
