@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench readme lint lock-check install-check clean
+.PHONY: install demo test bench readme lint lock-check install-check meltano-example clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,18 @@ lock-check:
 # JSON, which must list every setting) and cbx1-sandbox --help; the venv is deleted afterwards.
 install-check: $(STAMP)
 	$(BIN)/python scripts/install_check.py --python $(PYTHON)
+
+# Meltano 4.4 in its own venv (MELTANO_VENV), then examples/accounts.jsonl -> tap-jsonl -> stream map
+# -> target-cbx1 -> a local cbx1-sandbox, checked against what the sandbox stored (README: Meltano).
+MELTANO_VENV ?= /tmp/meltano-venv
+
+$(MELTANO_VENV)/.installed:
+	$(PYTHON) -m venv $(MELTANO_VENV)
+	$(MELTANO_VENV)/bin/python -m pip install --quiet 'meltano==4.4.*'
+	touch $@
+
+meltano-example: $(STAMP) $(MELTANO_VENV)/.installed
+	$(BIN)/python scripts/meltano_example.py --meltano $(MELTANO_VENV)/bin/meltano
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo
