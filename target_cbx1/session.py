@@ -31,7 +31,7 @@ from target_cbx1.ratelimit import RateLimiter
 from target_cbx1.redaction import mask, register_secret, replayable_command, replayable_url
 from target_cbx1.responses import read_within, redirect_message, server_message
 from target_cbx1.retries import Action, RetryPolicy, action_for, parse_retry_after
-from target_cbx1.transport import ACCEPT_ENCODING, LeanAdapter
+from target_cbx1.transport import ACCEPT_ENCODING, HostNotFoundError, LeanAdapter
 
 if t.TYPE_CHECKING:
     from target_cbx1.settings import Settings
@@ -168,11 +168,13 @@ class ApiSession:
             except requests.RequestException as exc:
                 error = TransientError(describe_network_error(exc, self.timeout))
                 unreached = isinstance(exc, requests.ConnectionError) and not self._reached()
+                no_such_host = isinstance(exc, HostNotFoundError)
             except TransientError as exc:
-                error, unreached = exc, False
+                error, unreached, no_such_host = exc, False, False
             backoff = next(delays, None)
-            if unreached and (backoff is None or never_resolves(str(error))):
-                raise self._unreachable(unreachable_message(self.base_url, str(error), attempts))
+            if unreached and (backoff is None or no_such_host):
+                message = unreachable_message(self.base_url, str(error), attempts, no_such_host=no_such_host)
+                raise self._unreachable(message)
             if backoff is None:
                 raise self._gave_up(f"{error} (gave up after {attempts} attempts)")
             wait = self.policy.wait_for(backoff, error.retry_after)
@@ -313,19 +315,11 @@ def certificate_message(base_url: str, exc: requests.exceptions.SSLError) -> str
     )
 
 
-NAME_NOT_FOUND = ("Name or service not known", "nodename nor servname", "No address associated with hostname")
-
-
-def never_resolves(detail: str) -> bool:
-    """Whether a network error says the host name does not exist (a retry would not help)."""
-    return any(words in detail for words in NAME_NOT_FOUND)
-
-
-def unreachable_message(base_url: str, detail: str, attempts: int) -> str:
+def unreachable_message(base_url: str, detail: str, attempts: int, *, no_such_host: bool) -> str:
     """The one line a run stops with when the API's host never answered, and what to check."""
     parts = urlsplit(base_url)
     host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
-    if never_resolves(detail):
+    if no_such_host:
         what = f"the host name {parts.hostname} does not resolve (DNS)"
     elif "refused" in detail.lower():
         what = f"{host} refused the connection"

@@ -53,6 +53,7 @@ from target_cbx1.settings import (
 from target_cbx1.sinks import BatchSink, RecordSink
 from target_cbx1.streams import StreamRouter
 from target_cbx1.tapstate import TapStateForwarder
+from target_cbx1.transport import HostNotFoundError
 
 if t.TYPE_CHECKING:
     from types import FrameType
@@ -507,7 +508,10 @@ class TargetCBX1(Target):
             self.logger.error("%s", certificate_message(self.session.base_url, exc))
         except requests.ConnectionError as exc:
             detail = describe_network_error(exc, self.settings.timeout)
-            self.logger.error("%s", unreachable_message(self.session.base_url, detail, 1))
+            no_such_host = isinstance(exc, HostNotFoundError)
+            self.logger.error(
+                "%s", unreachable_message(self.session.base_url, detail, 1, no_such_host=no_such_host)
+            )
         except (requests.RequestException, TransientError, FatalAPIError) as exc:
             self.logger.error("Check failed: %s", exc)
         else:

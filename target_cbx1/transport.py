@@ -39,7 +39,13 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _READ_SIZE = 65536
 _AUTO_HEADER = zlib.MAX_WBITS | 32  # zlib reads a gzip or a zlib (deflate) header alike
 
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}  # not EAI_AGAIN
+
 _Key = tuple[str, str, int, bool | str | None]  # scheme, host, port, CA source (None for http)
+
+
+class HostNotFoundError(requests.ConnectionError):
+    """The API's host name does not exist (DNS answered so): trying again will not help."""
 
 
 class _Deadline:
@@ -210,6 +216,9 @@ class LeanAdapter(BaseAdapter):
             raise requests.exceptions.SSLError(f"TLS with {where} failed: {_reason(exc)}") from None
         except TimeoutError:
             raise requests.ConnectTimeout(f"connecting to {where} timed out after {timeout:g} s") from None
+        except socket.gaierror as exc:
+            error = HostNotFoundError if exc.errno in _NO_SUCH_NAME else requests.ConnectionError
+            raise error(f"cannot connect to {where}: {_reason(exc)}") from None
         except OSError as exc:
             raise requests.ConnectionError(f"cannot connect to {where}: {_reason(exc)}") from None
         logger.debug("New connection to %s", where)
