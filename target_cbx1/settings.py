@@ -333,8 +333,9 @@ class Settings(BaseModel):
         """Resolve HotGlue aliases and BASE_URL, then validate (absent settings take their defaults).
 
         `builtin_schema`: the JSON schema of the singer-sdk settings the target also honours (stream
-        maps, flattening, validate_records), checked here too. Raises ConfigValidationError listing
-        every problem at once, `earlier_problems` (reading the environment, say) first.
+        maps, flattening, validate_records), checked here too. Raises ConfigValidationError whose
+        `errors` list every problem, one self-contained line each, `earlier_problems` (reading the
+        environment, say) first.
         """
         values = {k: v for k, v in config.items() if v is not None and v != ""}
         problems = list(earlier_problems)
@@ -352,9 +353,7 @@ class Settings(BaseModel):
         except ValidationError as exc:
             problems += [_describe(error) for error in exc.errors()]
         if problems:
-            raise ConfigValidationError(
-                "Invalid target-cbx1 config: " + "; ".join(problems), errors=problems
-            ) from None
+            raise ConfigValidationError("Invalid target-cbx1 config", errors=problems) from None
         return settings
 
 

@@ -164,12 +164,10 @@ class TargetCBX1(Target):
                 state_file.check_writable()
             except OSError as exc:
                 reason = exc.strerror or str(exc)
-                problems.append(f"{setting}: {state_file.path} cannot be written ({reason})")
+                fix = "fix the path or its permissions"
+                problems.append(f"{setting}: {state_file.path} cannot be written ({reason}); {fix}")
         if problems:
-            message = (
-                "Invalid target-cbx1 config: " + "; ".join(problems) + ". Fix the path or its permissions."
-            )
-            raise ConfigValidationError(message, errors=problems)
+            raise ConfigValidationError("Invalid target-cbx1 config", errors=problems)
 
     def _resume(self) -> None:
         """Seed the state from the incremental file an interrupted run of this job left."""
@@ -457,8 +455,8 @@ class TargetCBX1(Target):
     def cb_config(cls, ctx: click.Context, param: click.Option, value: tuple[str, ...]) -> _ConfigInput:
         """Read the config files (or ENV), remembering their paths for the token write-back.
 
-        A file that is missing, unreadable, not JSON or not an object stops the run with one line
-        naming every such file, and exit status 2.
+        A file that is missing, unreadable, not JSON or not an object stops the run with an ERROR
+        line for each such file, and exit status 2.
         """
         paths = [path for path in value if path != "ENV"]
         ctx.meta[CONFIG_PATHS] = paths
@@ -481,11 +479,20 @@ class TargetCBX1(Target):
                         f"config file {path} holds a JSON {type(content).__name__}, not an object"
                     )
         if problems:
-            cls.logger.error(
-                "Invalid target-cbx1 config: %s. Fix the file given with --config.", "; ".join(problems)
-            )
-            sys.exit(2)
+            cls.exit_for_config([f"{problem}; fix the file given with --config" for problem in problems])
         return _ConfigInput(config=config, parse_env="ENV" in value)
+
+    @classmethod
+    def exit_for_config(cls, problems: list[str]) -> t.NoReturn:
+        """Stop with exit status 2 and an ERROR line for each config problem, in order; with several,
+        a last line counts them, since a log viewer may show only the last line.
+        """
+        for problem in problems:
+            cls.logger.error("Invalid target-cbx1 config: %s", problem)
+        if len(problems) > 1:
+            count = f"{len(problems)} problems, each on its own line above; fix them all, then rerun"
+            cls.logger.error("Invalid target-cbx1 config: %s", count)
+        sys.exit(2)
 
     @classmethod
     def get_singer_command(cls) -> click.Command:
@@ -546,12 +553,9 @@ class TargetCBX1(Target):
                 config_path=Path(paths[-1]) if paths and not check else None,
             )
         except ConfigValidationError as exc:
-            details = [error for error in exc.errors if error not in str(exc)]
-            cls.logger.error("%s", "; ".join([str(exc), *details]))
-            sys.exit(2)
+            cls.exit_for_config(exc.errors or [str(exc)])
         except StreamMapConfigError as exc:
-            cls.logger.error("Invalid target-cbx1 config: stream_maps: %s", exc)
-            sys.exit(2)
+            cls.exit_for_config([f"stream_maps: {exc}"])
         if check:
             target.check_connection()
         # What start-up built lives as long as the run: the collector need not look at it again

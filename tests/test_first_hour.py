@@ -1,4 +1,6 @@
-"""Errors a person can act on: the real command, one ERROR line with the fix, a non-zero exit, quickly."""
+"""Errors a person can act on: the real command, one ERROR line with the fix (one for each config
+problem), a non-zero exit, quickly.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from tests.conftest import (
     schema,
     stdin_of,
 )
-from tests.test_end_to_end import COMMAND, Result, env_with, run_command
+from tests.test_end_to_end import COMMAND, Result, config_problems, env_with, run_command
 
 INPUT = lines_of([schema("accounts"), account(1), schema("contacts")])
 
@@ -54,6 +56,25 @@ def test_a_mistyped_required_setting_gets_its_suggestion_beside_the_error(tmp_pa
     assert result.returncode == 2
     assert "access_key is required" in one_error(result)
     assert "'acces_key' (did you mean 'access_key'?)" in result.stderr
+
+
+def test_every_config_problem_is_its_own_error_line_and_the_last_counts_them(tmp_path):
+    config = {"api_url": "http://example.com", "max_concurrency": 100000, "acess_key": ACCESS_KEY}
+
+    result = run_command(config, tmp_path, INPUT)
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""  # no state line
+    assert ACCESS_KEY not in result.stderr
+    assert config_problems(result.stderr) == [
+        "api_url: http://example.com uses plain http://; use https:// (http is accepted only for 127.0.0.1 / "
+        "localhost)",
+        "access_key is required (HotGlue: Code)",
+        "org_id is required (HotGlue: OrgId)",
+        "max_concurrency: Input should be less than or equal to 64",
+        "4 problems, each on its own line above; fix them all, then rerun",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -167,3 +188,16 @@ def test_check_with_a_problem_gives_one_line_and_exit_1(sandbox, tmp_path, overr
 
     assert result.returncode == 1
     assert hint in one_error(result)
+
+
+def test_check_with_a_bad_config_lists_every_problem_and_exits_2(tmp_path):
+    result = run_check({"api_url": "https://a.example", "Code": ACCESS_KEY, "timeout": 0}, tmp_path)
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert ACCESS_KEY not in result.stderr
+    assert config_problems(result.stderr) == [
+        "org_id is required (HotGlue: OrgId)",
+        "timeout: Input should be greater than 0",
+        "2 problems, each on its own line above; fix them all, then rerun",
+    ]
