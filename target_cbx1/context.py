@@ -22,6 +22,12 @@ if t.TYPE_CHECKING:
     from target_cbx1.streams import StreamRouter
 
 
+class KeyQueue(t.Protocol):
+    """A sink that keeps records queued; `send_queue` hands all of them to its request pool now."""
+
+    def send_queue(self) -> None: ...
+
+
 @dataclass
 class StreamStats:
     """What a stream sent: records, requests and retries, and since when (for the summary table)."""
@@ -59,6 +65,8 @@ class RunContext:
         self.output_mapped_record = os.environ.get("OUTPUT_MAPPED_RECORD", "").lower() == "true"
         self.requests = RunRequests(lambda: session.stop_signal, session.stop)
         self.missing_endpoints: dict[str, str] = {}  # path -> why nothing more is sent there (404/405)
+        # lookup key -> the sink whose queue holds the key's latest record not yet handed to a pool
+        self.queued_keys: dict[str, KeyQueue] = {}
         self._stats: dict[str, StreamStats] = {}
         self._chunks: dict[str, int] = {}
         self._lock = threading.Lock()

@@ -252,7 +252,8 @@ class StateLedger:
         self._by_hash: dict[str, dict[int, Entry | bytes]] = {}
         self._seeded: dict[str, list[Entry]] = {}
         self._unclaimed: dict[str, dict[str, list[Entry]]] = {}
-        self._superseded: dict[str, dict[str, Entry]] = {}
+        # lookup key -> successes of an earlier run that no record of this run has claimed yet
+        self._later_successes: dict[str, list[Entry]] = {}
         self._prefix: dict[str, int] = {}
         self._prefix_counts: dict[str, collections.Counter[str]] = {}
         self._prefix_failures: dict[str, Tally] = {}  # the prefix's failures; its other counts above
@@ -261,8 +262,9 @@ class StateLedger:
     def seed(self, state: t.Mapping[str, t.Any]) -> int:
         """Take in the entries of an earlier run of the same job; returns how many were taken.
 
-        A failed entry whose lookup key a later entry of that run wrote is superseded: its record is
-        not sent again, so CBX1 never ends up holding older data than the state says.
+        A record that failed then is superseded when that run wrote its lookup key (in any stream)
+        with a record this run's input has not reached yet, a later one: it is not sent again, so
+        CBX1 never ends up holding older data than the state says.
         """
         count = 0
         for stream, bookmarks in state.get("bookmarks", {}).items():
@@ -274,8 +276,9 @@ class StateLedger:
                     entry = Entry.from_bookmark(bookmark, unclaimed.get(str(bookmark["hash"]), [None])[0])
                     seeded.append(entry)
                     unclaimed.setdefault(entry.hash, []).append(entry)
+                    if entry.outcome.success and entry.lookup_key is not None:
+                        self._later_successes.setdefault(entry.lookup_key, []).append(entry)
                     count += 1
-            self._superseded[stream] = superseded_failures(seeded)
         return count
 
     def open_stream(self, stream: str) -> None:
@@ -319,10 +322,9 @@ class StateLedger:
         entry = Entry(record_hash, external_id, original=first, decisions=decisions)
         if first is None:
             self._by_hash[stream].setdefault(hash(record_hash), entry)
-            if claimed is not None:
+            if claimed is not None and claimed.outcome.success:
                 entry.take_outcome(claimed)
-            superseded = self._superseded.get(stream)
-            newer = superseded.get(record_hash) if superseded else None
+            newer = self._later_success(claimed) if claimed is not None else None
             if newer is not None and entry.success is None:
                 entry.lookup_key = newer.lookup_key
                 entry.refuse(
@@ -372,16 +374,24 @@ class StateLedger:
             return count
 
     def _claim(self, stream: str, record_hash: str) -> Entry | None:
-        """An earlier run's entry for this record, no longer kept apart; the outcome to take, if it
-        was a confirmed one.
-        """
+        """An earlier run's entry for this record, no longer kept apart (None if there is none)."""
         unclaimed = self._unclaimed.get(stream)
         earlier = unclaimed.get(record_hash) if unclaimed else None
         if not earlier:
             return None
         entry = earlier.pop(0)
         entry.replaced = True
-        return entry if entry.outcome.success else None
+        if entry.outcome.success and entry.lookup_key is not None:
+            self._later_successes[entry.lookup_key].remove(entry)
+        return entry
+
+    def _later_success(self, claimed: Entry) -> Entry | None:
+        """For a record that failed in an earlier run: a success of its key in that run that this run's
+        input has not reached yet (a later record), if any."""
+        if claimed.outcome.success is not False or claimed.lookup_key is None:
+            return None
+        later = self._later_successes.get(claimed.lookup_key)
+        return later[-1] if later else None
 
     def streams(self) -> list[str]:
         return list(self._entries)
@@ -484,17 +494,3 @@ class StateLedger:
         pieces.append(encode_text({stream: self.summary(stream) for stream in streams}))
         pieces.append("}\n")
         out.write("".join(pieces))
-
-
-def superseded_failures(entries: t.Sequence[Entry]) -> dict[str, Entry]:
-    """Failed entries (by hash) whose lookup key a later entry wrote: hash -> that later entry."""
-    newest_success: dict[str, int] = {}
-    for position, entry in enumerate(entries):
-        if entry.outcome.success and entry.lookup_key is not None:
-            newest_success[entry.lookup_key] = position
-    superseded = {}
-    for position, entry in enumerate(entries):
-        key = entry.lookup_key
-        if entry.outcome.success is False and key is not None and newest_success.get(key, -1) > position:
-            superseded[entry.hash] = entries[newest_success[key]]
-    return superseded

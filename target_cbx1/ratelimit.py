@@ -1,4 +1,5 @@
-"""The client-side request rate: a ceiling over any one-second window, halved on 429, regained slowly."""
+"""The client-side request rate: a ceiling over any one-second window, halved on 429 (once per window,
+however many requests got one), regained slowly."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class RateLimiter:
         self._started: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
         self._changed_at = clock()
+        self._halved_at = -WINDOW_SECONDS  # never yet
 
     def acquire(self) -> None:
         while True:
@@ -42,9 +44,13 @@ class RateLimiter:
             time.sleep(max(wait, 0.001))
 
     def slow_down(self) -> None:
-        """A 429: halve the rate of the last second (or the current limit, if lower)."""
+        """A 429: halve the rate of the last second (or the current limit, if lower). The other 429s
+        of the same window answered requests sent at that rate: they do not halve it again."""
         with self._lock:
             now = self._clock()
+            if now - self._halved_at < WINDOW_SECONDS:
+                return
+            self._halved_at = now
             self._forget_before(now - WINDOW_SECONDS)
             recent = float(max(len(self._started), 1))
             current = recent if self.rate is None else min(self.rate, recent)

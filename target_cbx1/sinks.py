@@ -48,9 +48,21 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         return len(self._queue) - self._kept >= self.max_size
 
     def enqueue(self, pending: Pending) -> None:
+        """Queue the record. If an earlier record of its key waits in another stream's queue (contacts
+        and leads write the same CBX1 contacts), that queue goes first, so the key's upserts keep
+        their input order across streams too."""
+        queued = self.run.queued_keys
+        holder = queued.get(pending.key)
+        if holder is not None and holder is not self:
+            holder.send_queue()
+        queued[pending.key] = self
         if not self._queue:
             self._waiting_since = time.monotonic()
         self._queue.append(pending)
+
+    def send_queue(self) -> None:
+        """Hand every queued record to the request pool now, as at the end of the input."""
+        self.process_batch({})
 
     def waited_longer_than(self, seconds: float, now: float) -> bool:
         """Whether queued records have waited `seconds` for their chunk to fill."""
@@ -69,15 +81,25 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         """
         partial_batch = bool(context.get("partial"))
         queue, self._queue = self._queue, []
+        sent: list[Pending] = []
         while queue:
             ready, queue = self.plan(queue, partial_batch=partial_batch)
             for chunk in ready:
                 self.dispatch(chunk, partial(self.process_chunk, chunk))
+                sent += chunk
             if partial_batch:
                 break
         self._queue, self._kept = queue, len(queue)
         if not queue:
             self._waiting_since = None
+        self._forget_sent_keys(sent)
+
+    def _forget_sent_keys(self, sent: list[Pending]) -> None:
+        """Keys of which this queue holds no record any more are no longer queued here."""
+        queued, kept = self.run.queued_keys, {pending.key for pending in self._queue}
+        for pending in sent:
+            if pending.key not in kept and queued.get(pending.key) is self:
+                del queued[pending.key]
 
     def plan(self, queue: list[Pending], *, partial_batch: bool) -> tuple[list[list[Pending]], list[Pending]]:
         """(chunks to send now, records to keep queued, in input order) from a queue.

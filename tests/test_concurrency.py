@@ -191,6 +191,23 @@ def test_a_429_halves_the_rate_for_the_whole_client_and_it_grows_back_gradually(
     assert rates[-1] == 40  # back to the ceiling, never above it
 
 
+def test_the_429s_of_one_window_halve_the_rate_once():
+    """Four requests in flight all drawing a 429 from one overload: half the rate, not a sixteenth."""
+    clock = FakeClock()
+    limiter = RateLimiter(max_per_second=40, clock=clock)
+    for _ in range(20):
+        limiter.acquire()
+    for _ in range(4):
+        limiter.slow_down()
+        clock.now += 0.1
+    assert limiter.rate == 10
+
+    clock.now += 1.1
+    limiter.slow_down()  # a 429 of a later window halves again
+    assert limiter.rate is not None
+    assert limiter.rate < 10
+
+
 def test_without_a_ceiling_a_429_still_slows_the_client_until_it_recovers():
     clock = FakeClock()
     limiter = RateLimiter(max_per_second=None, clock=clock)

@@ -218,3 +218,35 @@ def test_contacts_and_leads_never_have_one_email_in_flight_at_once(tmp_path):
         assert first.answered_at is not None
         assert second.received_at >= first.answered_at
         assert sandbox.entities("CONTACT")[shared].data == {"v": 2}  # the later record, written last
+
+
+def test_a_key_queued_in_one_stream_is_sent_before_a_later_record_of_it_in_another(tmp_path):
+    """leads fills its chunk first, with a later record of an email contacts still holds queued: the
+    contacts queue goes first, so CBX1 ends with the later record (found by the chaos soak)."""
+    shared = "ann@acme.example.com"
+    messages = [
+        {"type": "SCHEMA", "stream": stream, "schema": ENVELOPE_SCHEMA, "key_properties": []}
+        for stream in ("contacts", "leads")
+    ]
+    messages += [
+        {
+            "type": "RECORD",
+            "stream": stream,
+            "record": {"data": {"v": version}, "source": "MARKETO", "lookupKey": email},
+        }
+        for stream, email, version in (
+            ("contacts", shared, 1),
+            ("leads", "bob@acme.example.com", 2),
+            ("leads", shared, 3),
+        )
+    ]
+    with Sandbox(access_key=ACCESS_KEY, org_id=ORG_ID) as sandbox:
+        result = run_command(sandbox_config(sandbox, batch_size=2), tmp_path, lines_of(messages))
+
+        assert result.returncode == 0, result.stderr
+        carrying = [
+            e for e in sorted(sandbox.exchanges, key=lambda e: e.received_at) if shared in e.lookup_keys
+        ]
+        assert [len(exchange.lookup_keys) for exchange in carrying] == [1, 2]  # contacts' first, then leads'
+        assert sandbox.entities("CONTACT")[shared].data == {"v": 3}
+        assert [entry["success"] for entry in result.entries("leads")] == [True, True]

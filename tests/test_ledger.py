@@ -248,6 +248,41 @@ def test_a_failure_superseded_by_a_later_write_of_its_key_is_not_sent_again():
     assert [b["hash"] for b in state["bookmarks"]["contacts"]] == ["new", "old"]
 
 
+def test_a_failure_superseded_by_a_later_write_of_its_key_in_another_stream_is_not_sent_again():
+    """contacts and leads write the same CBX1 contacts: a lead written after a contact failed wins."""
+    ledger = StateLedger()
+    ledger.seed(
+        {
+            "bookmarks": {
+                "contacts": [bookmark("old", False, "ann@x.com", "0031")],
+                "leads": [bookmark("new", True, "ann@x.com", "00Q1")],
+            }
+        }
+    )
+
+    old = ledger.add("contacts", "old", "0031")  # the input reaches the contact first: the lead is later
+
+    assert old.success is False
+    assert old.error is not None
+    assert old.error.startswith("superseded: a later record with lookupKey 'ann@x.com' (CRM id 00Q1)")
+
+
+def test_a_failure_after_the_last_write_of_its_key_is_sent_again():
+    """The lead came first in the input: the contact that failed after it is the newer data."""
+    ledger = StateLedger()
+    ledger.seed(
+        {
+            "bookmarks": {
+                "contacts": [bookmark("newer", False, "ann@x.com", "0031")],
+                "leads": [bookmark("older", True, "ann@x.com", "00Q1")],
+            }
+        }
+    )
+
+    assert ledger.add("leads", "older", "00Q1").success is True
+    assert ledger.add("contacts", "newer", "0031").success is None  # to be sent again
+
+
 def test_summary_counts_sum_to_number_of_bookmark_entries() -> None:
     ledger = StateLedger()
     ledger.add("accounts", "h1", None).succeed("1")

@@ -243,6 +243,22 @@ def test_slow_answer_passes_the_client_timeout_but_the_write_happens(client, san
     assert "acme.com" in sandbox.records("accounts")
 
 
+def test_a_slow_answer_its_client_gave_up_on_is_no_longer_in_flight(client, sandbox):
+    """The client closes the connection at its timeout: the sandbox stops counting the request in
+    flight then, not when its slow answer would have gone out (the soak checks keys in flight so)."""
+    sandbox.add_fault("slow=5")
+
+    with pytest.raises(requests.ReadTimeout):
+        client.post("accounts", "bulk", [{"domain": "acme.com"}], timeout=0.2)
+    client.session.close()  # as the target does with a connection it gave up on
+    wait_until(lambda: sandbox.in_flight == 0, seconds=3)
+
+    (exchange,) = sandbox.exchanges
+    assert sandbox.in_flight == 0
+    assert exchange.answered_at is not None
+    assert exchange.answered_at - exchange.received_at < 2
+
+
 def test_omitted_results_and_broken_envelopes(client, sandbox):
     sandbox.add_fault("omit=2")
     sandbox.add_fault("not-cm000")

@@ -9,6 +9,9 @@ import logging
 import random
 import re
 import secrets
+import select
+import socket
+import sys
 import threading
 import time
 import typing as t
@@ -84,6 +87,7 @@ class Exchange:
 
 
 Handled = tuple[Answer | None, tuple[str | None, ...], Fault | None]
+Wait = t.Callable[[float], None]  # pauses up to that many seconds (less once the client has hung up)
 
 
 def envelope(status: int, code: str, message: str, data: t.Any = None, **headers: str) -> Answer:
@@ -166,27 +170,34 @@ class Sandbox:
         """What the ingestion store holds for ACCOUNT or CONTACT, by normalised lookup key."""
         return dict(self.entity_store.entities.get(object_type, {}))
 
-    def respond(self, method: str, target: str, headers: t.Mapping[str, str], body: bytes) -> Answer | None:
-        """The answer to one request (None: drop the connection); header names in lower case."""
+    def respond(
+        self, method: str, target: str, headers: t.Mapping[str, str], body: bytes, wait: Wait = time.sleep
+    ) -> Answer | None:
+        """The answer to one request (None: drop the connection); header names in lower case.
+
+        Latency and slow faults pause with `wait`: the HTTP side passes one that ends once the client
+        has hung up, so an attempt the client abandoned is no longer counted in flight.
+        """
         url = urlsplit(target)
         if method == "GET" and url.path == TOKEN_PATH:
-            answer = self._token(url.path, parse_qs(url.query))
-            return self._delayed(answer) if answer else None
+            answer = self._token(url.path, parse_qs(url.query), wait)
+            return self._delayed(answer, wait) if answer else None
         if url.path.startswith("/_sandbox/"):
             return self._control(method, url.path, body)
         if method == "POST" and (match := DATA_PATH.match(url.path)):
-            return self._data(url.path, match["endpoint"], unquote(match["stream"]), None, headers, body)
+            stream = unquote(match["stream"])
+            return self._data(url.path, match["endpoint"], stream, None, headers, body, wait)
         if method == "POST" and (match := RECORDS_PATH.match(url.path)):
             object_type, source = unquote(match["object_type"]), unquote(match["source"])
-            return self._data(url.path, "records", object_type, source, headers, body)
+            return self._data(url.path, "records", object_type, source, headers, body, wait)
         return envelope(404, "CM404", f"No route for {method} {url.path}")
 
-    def _delayed(self, answer: Answer) -> Answer:
+    def _delayed(self, answer: Answer, wait: Wait) -> Answer:
         if self.latency:
-            time.sleep(self.latency)
+            wait(self.latency)
         return answer
 
-    def _token(self, path: str, query: dict[str, list[str]]) -> Answer | None:
+    def _token(self, path: str, query: dict[str, list[str]], wait: Wait) -> Answer | None:
         """A token request's answer, or a chaos fault's: it issues the token first if the fault writes."""
         fault = self.chaos.fault("token") if self.chaos is not None else None
         if fault is None:
@@ -195,7 +206,7 @@ class Sandbox:
         if answer is None and fault.kind in WRITING_KINDS:
             answer = self._issue_token(query)
             if fault.kind == "slow":
-                time.sleep(fault.number(5))
+                wait(fault.number(5))
         return None if fault.kind == "drop-after" else answer
 
     def _issue_token(self, query: dict[str, list[str]]) -> Answer:
@@ -233,6 +244,7 @@ class Sandbox:
         source: str | None,
         headers: t.Mapping[str, str],
         body: bytes,
+        wait: Wait,
     ) -> Answer | None:
         """Answer one data request, with latency, in-flight tracking and its Exchange recorded."""
         received_at = time.monotonic()
@@ -250,10 +262,10 @@ class Sandbox:
             with self._lock:
                 self.exchanges.append(exchange)
             if fault is not None and fault.kind == "slow":
-                time.sleep(fault.number(5))
+                wait(fault.number(5))
             if fault is not None and fault.kind == "drop-after":
                 answer = None  # written, and never answered
-            answer = self._delayed(answer) if answer else None
+            answer = self._delayed(answer, wait) if answer else None
         except BaseException:
             with self._lock:
                 self.in_flight -= 1
@@ -467,6 +479,11 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, handler)
         self.sandbox = sandbox
 
+    def handle_error(self, request: t.Any, client_address: t.Any) -> None:
+        """A client that hung up mid-request (a killed target) is no error of the sandbox's."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -483,7 +500,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         headers = {name.lower(): value for name, value in self.headers.items()}
-        answer = self.server.sandbox.respond(method, self.path, headers, body)
+        answer = self.server.sandbox.respond(method, self.path, headers, body, self._wait_while_connected)
         if answer is None:
             self.close_connection = True
             return
@@ -509,6 +526,19 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             if answer.sent is not None:
                 answer.sent()
+
+    def _wait_while_connected(self, seconds: float) -> None:
+        """Pause up to `seconds`, less if the client hangs up meanwhile."""
+        deadline = time.monotonic() + seconds
+        readable, _, _ = select.select([self.connection], [], [], seconds)
+        if not readable:
+            return
+        try:
+            hung_up = not self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            hung_up = True
+        if not hung_up:  # it sent more while waiting: wait out the rest
+            time.sleep(max(0.0, deadline - time.monotonic()))
 
     def _head(self, answer: Answer, data: bytes) -> bytes:
         """An answer's status line and headers, as bytes."""
