@@ -292,6 +292,8 @@ class ApiSink(Sink):
             state["existing"] = True
         if outcome.updated:
             state["updated"] = True
+        if outcome.unanswered:
+            state["unanswered"] = True
         return state
 
     @staticmethod

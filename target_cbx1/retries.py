@@ -17,7 +17,7 @@ class Action(enum.Enum):
     ACCEPT = "read the envelope"
     REDIRECT = "stop the run: api_url is not the API's address"
     RETRY = "back off and send again"
-    REFRESH_TOKEN = "fetch a new session token and send again, once"
+    REFRESH_TOKEN = "fetch a new session token and send again (up to TOKEN_REFRESHES times)"
     DENY = "stop the run: the credentials lack permission"
     REJECT = "fail the request's records: the request itself is wrong"
 

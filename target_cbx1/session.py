@@ -38,6 +38,9 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("target-cbx1.session")
 UNREPLAYED_HEADERS = ("Accept-Encoding", "Connection", "Content-Length")  # curl sets these itself
+# A request answered 401 is repeated with a new token up to this many times. More than once: with
+# requests in flight, the token one of them was just handed can be revoked by another's 401.
+TOKEN_REFRESHES = 3
 
 
 @dataclass
@@ -143,7 +146,7 @@ class ApiSession:
         with self._lock:
             counts.requests += 1
         delays = self.policy.delays()
-        token_refreshed = False
+        refreshes = 0
         attempts = 0
         while True:
             self.raise_if_stopping()
@@ -157,10 +160,10 @@ class ApiSession:
                     self.failures_in_a_row = 0
                 if response.status_code == 429:
                     self.rate.slow_down()
-                if action is Action.REFRESH_TOKEN and not token_refreshed:
+                if action is Action.REFRESH_TOKEN and refreshes < TOKEN_REFRESHES:
                     logger.info("CBX1 answered 401 to %s; fetching a new session token", path)
                     self.auth.refresh_after_rejection(token)
-                    token_refreshed = True
+                    refreshes += 1
                     continue
                 return self._accepted(response, action)
             except requests.exceptions.SSLError as exc:
@@ -292,8 +295,9 @@ class ApiSession:
             raise TransientError(f"HTTP {status}: {message}", retry_after=retry_after)
         if action is Action.REFRESH_TOKEN:
             raise CredentialsError(
-                f"CBX1 rejected a freshly issued session token (HTTP 401: {message}). "
-                "Check that access_key and org_id belong to the same organisation."
+                f"CBX1 rejected a freshly issued session token (HTTP 401: {message}), "
+                f"{TOKEN_REFRESHES} times in a row. Check that access_key and org_id belong to the "
+                "same organisation."
             )
         if action is Action.DENY:
             raise CredentialsError(

@@ -150,7 +150,8 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         """Each record's state from CBX1's answer, matched by lookupKey, never by position.
 
         Returns {"state_updates": [state, ...]} in the order of raw_records; each state has success,
-        id, externalId, lookupKey and, for a failure, error. An unreadable answer fails them all.
+        id, externalId, lookupKey and, for a failure, error (and `unanswered` when the answer had no
+        result for the record). An unreadable answer fails them all.
         """
         path = self.contract.batch_path(raw_records[0])
         keys = [self.route.payload_key(record) for record in raw_records]
@@ -164,8 +165,12 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
         ]
         return {"state_updates": states}
 
-    def process_chunk(self, chunk: list[Pending]) -> None:
-        """One chunk's request: make_batch_request, handle_batch_response, update_state per record."""
+    def process_chunk(self, chunk: list[Pending], *, again: bool = False) -> None:
+        """One chunk's request: make_batch_request, handle_batch_response, update_state per record.
+
+        The records CBX1's answer says nothing about are sent once more (`again`), in a request of
+        their own while their keys are still held (an upsert is safe to repeat); only then they fail.
+        """
         records = [pending.payload for pending in chunk]
         path = chunk[0].path
         started = time.monotonic()
@@ -183,10 +188,19 @@ class BatchSink(ApiSink, sdk_sinks.BatchSink):
                 self.fail_all(chunk, path, started, str(exc), quiet=repeated_miss(exc))
             return
         states = self.handle_batch_response(response, records)["state_updates"]
+        resend, failed = [], 0
         for pending, state in zip(chunk, states, strict=True):
+            if state.get("unanswered") and not again:
+                resend.append(pending)
+                continue
             self.update_state(state, pending.entry)
-        failed = sum(not state["success"] for state in states)
-        self.finish_request(path, len(chunk), started, failed)
+            failed += not state["success"]
+        self.finish_request(path, len(chunk) - len(resend), started, failed)
+        if resend:
+            self.logger.warning(
+                "%s: CBX1's answer had no result for %d records; sending them once more", path, len(resend)
+            )
+            self.process_chunk(resend, again=True)
 
     def _isolate(self, chunk: list[Pending], path: str, exc: RejectedError) -> None:
         """A chunk rejected as a whole for one bad record: each record goes alone, so only that one fails."""

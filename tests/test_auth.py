@@ -129,8 +129,8 @@ def test_a_401_refreshes_the_token_once_and_repeats_the_call(api, capsys):
     assert state["bookmarks"]["accounts"][0]["success"] is True
 
 
-def test_a_second_401_stops_the_run_with_a_credentials_message(api):
-    api.get(TOKEN_URL, [token_answer("first-token"), token_answer("second-token")])
+def test_401s_to_fresh_tokens_stop_the_run_with_a_credentials_message(api):
+    api.get(TOKEN_URL, [token_answer(f"token-{number}") for number in range(4)])
     api.post(requests_mock_any_bulk(), status_code=401, json={"status": {"code": "AU401", "message": "Nope"}})
     target = TargetCBX1(config=make_config())
 
@@ -138,7 +138,10 @@ def test_a_second_401_stops_the_run_with_a_credentials_message(api):
         target.listen(stdin_of([schema("accounts"), account(1)]))
 
     assert "access_key" in str(failure.value)
-    assert len(data_requests(api)) == 2
+    assert len(data_requests(api)) == 4  # the first try and a repeat with each of 3 new tokens
+    assert [request.headers["Authorization"] for request in data_requests(api)] == [
+        f"Bearer token-{number}" for number in range(4)
+    ]
 
 
 @pytest.mark.parametrize("status", [401, 403])

@@ -187,15 +187,18 @@ def test_revoked_token_is_refreshed_once_and_the_request_repeated(sandbox, tmp_p
 
 
 def test_a_missing_result_is_a_failure_never_a_silent_success(sandbox, tmp_path):
-    sandbox.add_fault("omit")
+    sandbox.add_fault("omit*always")  # every answer, that of each record sent once more included
 
     result = run_command(sandbox_config(sandbox, process_as_batch=True), tmp_path)
 
     assert result.returncode == 0, result.stderr
+    assert "sending them once more" in result.stderr
     failed = [e for e in result.entries("accounts") + result.entries("contacts") if not e["success"]]
     missing = [e for e in failed if e["error"].startswith("no result returned for lookupKey")]
-    assert len({e["lookupKey"] for e in missing}) == 1  # one record (and any identical copy of it)
-    assert missing[0]["lookupKey"] in missing[0]["error"]
+    assert missing
+    assert all(entry["lookupKey"] in entry["error"] and entry["id"] is None for entry in missing)
+    stored = sandbox.records("accounts")
+    assert all(e["id"] == stored[e["lookupKey"]].id for e in result.entries("accounts") if e["success"])
 
 
 def test_refreshed_token_is_written_back_to_the_config_file(sandbox, tmp_path):

@@ -142,17 +142,57 @@ def test_a_rejected_bulk_request_is_split_so_only_the_bad_record_fails(sandbox, 
     assert [exchange.endpoint for exchange in sandbox.exchanges] == ["bulk"] + ["upsert"] * 6
 
 
-def test_a_second_401_stops_the_run_as_a_credentials_problem(sandbox, tmp_path):
-    sandbox.add_fault("401*2")
+def test_records_an_answer_says_nothing_about_are_sent_once_more(sandbox, tmp_path):
+    sandbox.add_fault("omit=2")
+
+    result = run_command(sandbox_config(sandbox, batch_size=5), tmp_path, accounts_input(5))
+
+    assert result.returncode == 0, result.stderr
+    assert "CBX1's answer had no result for 2 records; sending them once more" in result.stderr
+    assert [entry["success"] for entry in result.entries("accounts")] == [True] * 5
+    assert_matches_sandbox(result.entries("accounts"), sandbox, "accounts")
+    assert [len(exchange.lookup_keys) for exchange in sandbox.exchanges] == [5, 2]
+
+
+def test_a_record_still_without_a_result_when_sent_once_more_fails(sandbox, tmp_path):
+    sandbox.add_fault("omit*2")  # the chunk's answer, then that of the record sent once more
+
+    result = run_command(sandbox_config(sandbox, batch_size=5), tmp_path, accounts_input(5))
+
+    assert result.returncode == 0, result.stderr
+    failed = [entry for entry in result.entries("accounts") if not entry["success"]]
+    assert len(failed) == 1
+    assert failed[0]["error"] == (
+        f"no result returned for lookupKey {failed[0]['lookupKey']!r}: CBX1 answered the request but "
+        "said nothing about this record"
+    )
+    assert len(sandbox.exchanges) == 2
+
+
+def test_401s_to_three_fresh_tokens_in_a_row_stop_the_run_as_a_credentials_problem(sandbox, tmp_path):
+    sandbox.add_fault("401*4")
 
     result = run_command(sandbox_config(sandbox), tmp_path, accounts_input(3))
 
     assert result.returncode == 1
-    assert "CBX1 rejected a freshly issued session token (HTTP 401: Session token has been revoked)" in (
-        result.stderr
+    assert (
+        "CBX1 rejected a freshly issued session token (HTTP 401: Session token has been revoked), "
+        "3 times in a row" in result.stderr
     )
     assert result.state["bookmarks"]["accounts"] == []
     assert_no_secrets(result, sandbox)
+
+
+def test_a_401_to_a_fresh_token_is_repeated_with_another(sandbox, tmp_path):
+    """With requests in flight, one request's 401 can revoke the token another was just handed
+    (found by the chaos soak): that is no credentials problem yet."""
+    sandbox.add_fault("401*3")
+
+    result = run_command(sandbox_config(sandbox), tmp_path, accounts_input(3))
+
+    assert result.returncode == 0, result.stderr
+    assert [entry["success"] for entry in result.entries("accounts")] == [True] * 3
+    assert result.stderr.count("fetching a new session token") == 3
 
 
 def test_403_stops_the_run_as_a_permissions_problem(sandbox, tmp_path):

@@ -34,7 +34,8 @@ class Outcome:
     """One record's result as CBX1 reported it.
 
     `existing`: CBX1 already held this data (a success that wrote nothing); `updated`: the write
-    changed a record CBX1 already had, when the endpoint says so.
+    changed a record CBX1 already had, when the endpoint says so; `unanswered`: the answer had no
+    result for the record (a failure worth sending again).
     """
 
     success: bool
@@ -42,6 +43,7 @@ class Outcome:
     error: str | None = None
     updated: bool = False
     existing: bool = False
+    unanswered: bool = False
 
 
 class Contract(abc.ABC):
@@ -112,6 +114,7 @@ def no_result(key: str) -> Outcome:
         success=False,
         error=f"no result returned for lookupKey {key!r}: CBX1 answered the request but said nothing "
         "about this record",
+        unanswered=True,
     )
 
 
