@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench readme lint lock-check install-check meltano-example clean
+.PHONY: install demo test bench soak readme lint lock-check install-check meltano-example clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ readme: $(STAMP)
 # Throughput, CPU and memory against the local sandbox (a script that prints a table, not a test).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# The chaos soak: the real target against the chaos sandbox, killed and resumed, checked against the
+# sandbox's store (a script that prints a table; about 14 minutes). A shorter one:
+# make soak SOAK_ARGS="--records 20000 --seeds 1".
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check target_cbx1 tests examples bench scripts
