@@ -21,7 +21,6 @@ from target_cbx1.errors import ApiOutageError, EndpointMissingError, RejectedErr
 from target_cbx1.pipeline import RequestPool
 from target_cbx1.records import RecordRejectedError, record_hash
 from target_cbx1.repair import map_texts, without_mojibake
-from target_cbx1.responses import read_answer
 from target_cbx1.validation import CompiledValidator
 
 if t.TYPE_CHECKING:
@@ -237,14 +236,13 @@ class ApiSink(Sink):
         if missing is not None:
             raise EndpointMissingError(missing, repeated=True)
         try:
-            response = self.run.session.post(path, jsonio.encode(body), self.stats.counts)
+            return self.run.session.post(path, jsonio.encode(body), self.stats.counts)
         except RejectedError as exc:
             if exc.status not in MISSING_ENDPOINT_STATUSES:
                 raise
             message = missing_endpoint(self.run.session.url(path), exc, self.stream_name)
             self.run.missing_endpoints.setdefault(path, message)
             raise EndpointMissingError(message, repeated=False) from None
-        return read_answer(response)
 
     def upsert_record(self, record: Payload, context: dict) -> tuple[str | None, bool, State]:
         """HotGlue's record hook: send one prepared record in the contract's single-record form.

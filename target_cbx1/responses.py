@@ -13,7 +13,7 @@ import urllib3
 from pydantic import ValidationError
 
 from target_cbx1 import jsonio
-from target_cbx1.errors import RequestFailedError
+from target_cbx1.errors import RequestFailedError, TransientError
 from target_cbx1.models import Envelope
 from target_cbx1.redaction import mask
 
@@ -51,26 +51,31 @@ def server_message(response: requests.Response) -> str:
     return body_start(response)
 
 
-def read_answer(response: requests.Response) -> dict[str, t.Any]:
-    """The whole JSON answer of a 2xx, once it is a CM000 envelope; else the request failed.
+def read_envelope(response: requests.Response) -> tuple[dict[str, t.Any], Envelope]:
+    """The whole JSON answer of a 2xx and its envelope.
 
-    Raises RequestFailedError quoting the body when it is not the envelope, or CBX1's message when
-    its status is not CM000.
+    Raises TransientError, quoting the body, when it is not the envelope: an HTML page or a broken
+    body from a proxy on the way is worth another try (an upsert is safe to repeat).
     """
     try:
         answer = decode_leniently(response.content)
         envelope = Envelope.model_validate(answer)
     except (ValueError, RecursionError, ValidationError):
-        raise RequestFailedError(
+        raise TransientError(
             f"CBX1 answered HTTP {response.status_code} with a body that is not the documented "
             f"JSON envelope: {body_start(response)!r}"
         ) from None
+    return t.cast("dict[str, t.Any]", answer), envelope
+
+
+def require_success(answer: dict[str, t.Any], envelope: Envelope) -> dict[str, t.Any]:
+    """The answer, when its envelope's status is CM000; else RequestFailedError with CBX1's message."""
     if not envelope.ok:
         raise RequestFailedError(
             f"CBX1 refused the request: status {envelope.status.code}: "
             f"{mask(envelope.status.message) or '(no message)'}"
         )
-    return t.cast("dict[str, t.Any]", answer)
+    return answer
 
 
 def decode_leniently(content: bytes) -> t.Any:

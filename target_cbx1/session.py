@@ -29,7 +29,13 @@ from target_cbx1.errors import (
 )
 from target_cbx1.ratelimit import RateLimiter
 from target_cbx1.redaction import mask, register_secret, replayable_command, replayable_url
-from target_cbx1.responses import read_within, redirect_message, server_message
+from target_cbx1.responses import (
+    read_envelope,
+    read_within,
+    redirect_message,
+    require_success,
+    server_message,
+)
 from target_cbx1.retries import Action, RetryPolicy, action_for, parse_retry_after
 from target_cbx1.transport import ACCEPT_ENCODING, HostNotFoundError, LeanAdapter
 
@@ -136,8 +142,9 @@ class ApiSession:
             url = self._urls[path] = urljoin(self.base_url, path)
         return url
 
-    def post(self, path: str, body: bytes, counts: RequestCounts) -> requests.Response:
-        """POST a JSON body; return the 2xx answer as it came, after retries and one token refresh.
+    def post(self, path: str, body: bytes, counts: RequestCounts) -> dict[str, t.Any]:
+        """POST a JSON body; return CBX1's whole answer once it is a CM000 envelope, after retries
+        and token refreshes. A 2xx whose body is not the envelope is retried as a 5xx is.
 
         Raises RequestFailedError (the request's records fail, the run goes on; RejectedError when
         CBX1 refused the request as wrong), CredentialsError or ApiOutageError (the run stops), or
@@ -156,8 +163,8 @@ class ApiSession:
                 response = self._post_once(path, body, token)
                 self.reached_host = True
                 action = action_for(response.status_code)
-                if action is not Action.RETRY:
-                    self.failures_in_a_row = 0
+                if action not in (Action.RETRY, Action.ACCEPT):
+                    self.failures_in_a_row = 0  # an answer that is not retried
                 if response.status_code == 429:
                     self.rate.slow_down()
                 if action is Action.REFRESH_TOKEN and refreshes < TOKEN_REFRESHES:
@@ -165,7 +172,9 @@ class ApiSession:
                     self.auth.refresh_after_rejection(token)
                     refreshes += 1
                     continue
-                return self._accepted(response, action)
+                answer, envelope = read_envelope(self._accepted(response, action))
+                self.failures_in_a_row = 0
+                return require_success(answer, envelope)
             except requests.exceptions.SSLError as exc:
                 raise CertificateError(certificate_message(self.base_url, exc)) from None
             except requests.RequestException as exc:

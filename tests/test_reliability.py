@@ -216,17 +216,33 @@ def test_403_stops_the_run_as_a_permissions_problem(sandbox, tmp_path):
         ("truncated", '{"status": {"code": "CM000", "message": "Succ'),
     ],
 )
-def test_a_2xx_that_is_not_the_envelope_fails_the_records_quoting_the_body(sandbox, tmp_path, body, quoted):
-    sandbox.add_fault(f"body={body}")
+def test_a_2xx_that_is_not_the_envelope_is_retried_then_fails_the_records_quoting_the_body(
+    sandbox, tmp_path, body, quoted
+):
+    sandbox.add_fault(f"body={body}*always")
 
-    result = run_command(sandbox_config(sandbox), tmp_path, accounts_input(2))
+    result = run_command(sandbox_config(sandbox, max_retries=2), tmp_path, accounts_input(2))
 
     assert result.returncode == 0, result.stderr
     for entry in result.entries("accounts"):
         assert entry["success"] is False
         assert entry["error"] == (
-            f"CBX1 answered HTTP 200 with a body that is not the documented JSON envelope: {quoted!r}"
+            f"CBX1 answered HTTP 200 with a body that is not the documented JSON envelope: {quoted!r} "
+            "(gave up after 3 attempts)"
         )
+    assert len(sandbox.exchanges) == 3
+
+
+def test_a_2xx_that_is_not_the_envelope_once_is_retried_and_the_records_land(sandbox, tmp_path):
+    """An HTML page from a proxy on the way, once: the chunk is sent again (found by the chaos soak)."""
+    sandbox.add_fault("body=html")
+
+    result = run_command(sandbox_config(sandbox), tmp_path, accounts_input(3))
+
+    assert result.returncode == 0, result.stderr
+    assert [entry["success"] for entry in result.entries("accounts")] == [True] * 3
+    assert "body that is not the documented JSON envelope" in result.stderr  # the retry's WARNING
+    assert_matches_sandbox(result.entries("accounts"), sandbox, "accounts")
 
 
 # Bad input
@@ -499,7 +515,7 @@ def test_a_resume_never_resends_a_failure_that_a_later_write_of_its_key_supersed
         "record": {"crmAssociationId": "A2", "domain": "acme.com", "name": "New"},
     }
     config = sandbox_config(sandbox, incremental_state_path=str(state_file), max_concurrency=1)
-    sandbox.add_fault("body=html")  # the old record's answer is broken: it fails
+    sandbox.add_fault("status=409")  # CBX1 refuses the old record: it fails
     first = run_command(config, tmp_path, lines_of([ACCOUNTS_SCHEMA, old, new]))
     assert [entry["success"] for entry in first.entries("accounts")] == [False, True]
     sent_before = len(sandbox.exchanges)
