@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import random
 import re
 import subprocess
@@ -38,6 +39,7 @@ from target_cbx1.sandbox.server import DATA_PATH, RECORDS_PATH, Answer, Sandbox,
 from target_cbx1.sandbox.store import Outcome
 
 COMMAND = str(Path(sys.executable).parent / "target-cbx1")
+PROBE = Path(__file__).resolve().parent / "soak_probe"  # its sitecustomize notes each request's start
 ACCESS_KEY = "soak-access-key-8f3e1c7a9b2d4e6f"
 ORG_ID = "soak-org"
 REJECTING_OWNER = "nobody"
@@ -172,10 +174,10 @@ class SoakSandbox(Sandbox):
     ) -> Answer | None:
         path = urlsplit(target).path
         items = self._items(path, body) if method == "POST" else None
-        started = time.monotonic()
+        run, started = self.run, time.monotonic()  # the run that sent it: a kill may end it meanwhile
         answer = super().respond(method, target, headers, body, wait)
         if items is not None:
-            self.attempts.append(Attempt(self.run, started, time.monotonic(), items))
+            self.attempts.append(Attempt(run, started, time.monotonic(), items))
         return answer
 
     def _issue_token(self, query: dict[str, list[str]]) -> Answer:
@@ -260,6 +262,7 @@ def soak_seed(seed: int, count: int, kills: int, workdir: Path) -> SeedResult:
     chaos = Chaos(seed=seed, rates=dict(CHAOS_RATES), slow_seconds=SLOW_SECONDS)
     by_id = {(record.stream, record.external_id): record.seq for record in records}
     confirmed_at_start: dict[int, set[int]] = {}
+    starts: dict[int, list[float]] = {}  # per run, when each request started, from the target's side
     kill_draw = random.Random(f"kills/{seed}")
     with SoakSandbox(chaos) as sandbox:
         config = workdir / "config.json"
@@ -279,7 +282,9 @@ def soak_seed(seed: int, count: int, kills: int, workdir: Path) -> SeedResult:
             if not clean and result.kills < kills:
                 remaining = (count - len(confirmed_at_start[run])) // 20
                 kill_after = kill_draw.randint(3, max(4, 2 * remaining // (kills - result.kills + 1)))
-            code, out, err = _run_target(config, source, workdir / f"run{run}", sandbox, kill_after)
+            code, out, err, starts[run] = _run_target(
+                config, source, workdir / f"run{run}", sandbox, kill_after
+            )
             _check_output(run, code, out, err, sandbox, workdir, result.requests)
             if code == -9:
                 result.kills += 1
@@ -302,7 +307,8 @@ def soak_seed(seed: int, count: int, kills: int, workdir: Path) -> SeedResult:
                     "held but failed, after a clean run", str(result.held_but_failed_after_clean_run)
                 )
         check.check_in_flight(sandbox.attempts, result.requests)
-        check.check_rate(sandbox.attempts, TARGET_SETTINGS["max_requests_per_second"], result.requests)
+        check.check_rate(starts, TARGET_SETTINGS["max_requests_per_second"], result.requests)
+        result.requests.counts["peak arrivals in 1 s"] = check.arrival_peak(sandbox.attempts)
         check.check_no_older_resend(records, sandbox.attempts, confirmed_at_start, result.requests)
         result.requests.counts["requests"] = len(sandbox.attempts)
     result.seconds = time.monotonic() - started
@@ -351,14 +357,18 @@ def _confirmed(state_path: Path, by_id: dict[tuple[str, str], int]) -> set[int]:
 
 def _run_target(
     config: Path, source: Path, prefix: Path, sandbox: SoakSandbox, kill_after: int | None
-) -> tuple[int, bytes, bytes]:
+) -> tuple[int, bytes, bytes, list[float]]:
     """One run of the command on the whole input; killed with SIGKILL once the sandbox has seen
-    `kill_after` of its requests. Returns the exit status (-9 when killed), stdout and stderr."""
+    `kill_after` of its requests. Returns the exit status (-9 when killed), stdout, stderr, and when
+    the target started each request (noted by soak_probe)."""
     out_path, err_path = prefix.with_suffix(".out"), prefix.with_suffix(".err")
+    starts_path = prefix.with_suffix(".starts")
+    python_path = os.pathsep.join(filter(None, [str(PROBE), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": python_path, "SOAK_STARTS_FILE": str(starts_path)}
     first = len(sandbox.attempts)
     with source.open("rb") as stdin, out_path.open("wb") as stdout, err_path.open("wb") as stderr:
         process = subprocess.Popen(
-            [COMMAND, "--config", str(config)], stdin=stdin, stdout=stdout, stderr=stderr
+            [COMMAND, "--config", str(config)], stdin=stdin, stdout=stdout, stderr=stderr, env=env
         )
         deadline = time.monotonic() + 1800
         while process.poll() is None and time.monotonic() < deadline:
@@ -369,7 +379,8 @@ def _run_target(
         if process.poll() is None and kill_after is None:
             process.kill()  # hung: reported as a kill the soak did not plan, below
         code = process.wait()
-    return code, out_path.read_bytes(), err_path.read_bytes()
+    starts = [float(line) for line in starts_path.read_text().split()] if starts_path.exists() else []
+    return code, out_path.read_bytes(), err_path.read_bytes(), starts
 
 
 def _check_output(
@@ -433,7 +444,10 @@ def print_table(results: list[SeedResult]) -> None:
         ("the same, after a run with chaos off", [r.held_but_failed_after_clean_run for r in results])
     )
     rows.append(("successes verified after it", [r.final.counts["successes verified"] for r in results]))
-    rows.append(("peak requests in 1 s", [r.requests.counts["peak requests in 1 s"] for r in results]))
+    rows.append(
+        ("peak request starts in 1 s", [r.requests.counts["peak request starts in 1 s"] for r in results])
+    )
+    rows.append(("  arrivals at the sandbox", [r.requests.counts["peak arrivals in 1 s"] for r in results]))
     for name in sorted({name for r in results for f in _all(r) for name in f.violations}):
         rows.append(
             (f"VIOLATION {name}", [sum(len(f.violations.get(name, [])) for f in _all(r)) for r in results])

@@ -16,7 +16,6 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 SUPERSEDED = "superseded: "
-ARRIVAL_JITTER = 0.1  # seconds of variation in when the sandbox sees a request, allowed by check_rate
 ENVELOPE_SCOPES = (
     "ACCOUNT",
     "CONTACT",
@@ -207,31 +206,30 @@ def check_in_flight(attempts: t.Iterable[Attempt], findings: Findings) -> None:
             busy_until = max(busy_until, ended)
 
 
-def check_rate(attempts: t.Iterable[Attempt], limit: float, findings: Findings) -> None:
-    """No more than `limit` requests started in any one second of a run, as the target counts them.
-
-    The target counts starts over 1.05 s windows; the sandbox sees them later, by a delay that varies
-    with the load on the machine. So the check counts arrivals over windows of 1 s less ARRIVAL_JITTER:
-    exact as long as that delay varies by less than 0.1 s. The peak over whole seconds is reported too.
-    """
-    starts: dict[int, list[float]] = collections.defaultdict(list)
-    for attempt in attempts:
-        starts[attempt.run].append(attempt.started)
+def check_rate(starts: t.Mapping[int, list[float]], limit: float, findings: Findings) -> None:
+    """No run starts more than `limit` requests within any one second, from the target's side:
+    `starts` holds, per run, when its rate limiter let each request start."""
     for run, times in starts.items():
-        times.sort()
-        findings.counts["peak requests in 1 s"] = max(
-            findings.counts["peak requests in 1 s"], _peak(times, 1.0)
+        peak = _peak(sorted(times), 1.0)
+        findings.counts["peak request starts in 1 s"] = max(
+            findings.counts["peak request starts in 1 s"], peak
         )
-        peak = _peak(times, 1.0 - ARRIVAL_JITTER)
         if peak > limit:
-            findings.violate(
-                "max_requests_per_second", f"run {run}: {peak} requests in {1 - ARRIVAL_JITTER:g} s"
-            )
+            findings.violate("max_requests_per_second", f"run {run}: {peak} requests started in 1 s")
+
+
+def arrival_peak(attempts: t.Iterable[Attempt]) -> int:
+    """The most requests of one run that reached the sandbox within one second. It can pass the
+    limit by a few: a request waits for a thread of the target's to send it, and so bunches up."""
+    arrivals: dict[int, list[float]] = collections.defaultdict(list)
+    for attempt in attempts:
+        arrivals[attempt.run].append(attempt.started)
+    return max((_peak(sorted(times), 1.0) for times in arrivals.values()), default=0)
 
 
 def _peak(times: list[float], window: float) -> int:
     """The most of the sorted times within any `window` seconds."""
-    return max(bisect.bisect_left(times, start + window) - i for i, start in enumerate(times))
+    return max((bisect.bisect_left(times, start + window) - i for i, start in enumerate(times)), default=0)
 
 
 def check_last_write(

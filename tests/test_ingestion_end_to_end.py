@@ -192,24 +192,27 @@ def test_singer_mode_forwards_the_taps_state_once_its_envelopes_are_written(sand
     assert_landed(results, messages, sandbox)
 
 
-def test_contacts_and_leads_never_have_one_email_in_flight_at_once(tmp_path):
-    shared = "ann@acme.example.com"
+SHARED_EMAIL = "ann@acme.example.com"
+
+
+def contacts_and_leads(*records: tuple[str, str, int]) -> list[dict]:
+    """Envelope streams contacts and leads (both CBX1 contacts), then (stream, email, version) records."""
     messages = [
         {"type": "SCHEMA", "stream": stream, "schema": ENVELOPE_SCHEMA, "key_properties": []}
         for stream in ("contacts", "leads")
     ]
-    messages += [
+    return messages + [
         {
             "type": "RECORD",
-            "stream": "contacts",
-            "record": {"data": {"v": 1}, "source": "MARKETO", "lookupKey": shared},
-        },
-        {
-            "type": "RECORD",
-            "stream": "leads",
-            "record": {"data": {"v": 2}, "source": "MARKETO", "lookupKey": shared},
-        },
+            "stream": stream,
+            "record": {"data": {"v": version}, "source": "MARKETO", "lookupKey": email},
+        }
+        for stream, email, version in records
     ]
+
+
+def test_contacts_and_leads_never_have_one_email_in_flight_at_once(tmp_path):
+    messages = contacts_and_leads(("contacts", SHARED_EMAIL, 1), ("leads", SHARED_EMAIL, 2))
     with Sandbox(access_key=ACCESS_KEY, org_id=ORG_ID, latency_ms=300) as sandbox:
         result = run_command(sandbox_config(sandbox), tmp_path, lines_of(messages))
 
@@ -217,36 +220,21 @@ def test_contacts_and_leads_never_have_one_email_in_flight_at_once(tmp_path):
         first, second = sorted(sandbox.exchanges, key=lambda exchange: exchange.received_at)
         assert first.answered_at is not None
         assert second.received_at >= first.answered_at
-        assert sandbox.entities("CONTACT")[shared].data == {"v": 2}  # the later record, written last
+        assert sandbox.entities("CONTACT")[SHARED_EMAIL].data == {"v": 2}  # the later record, written last
 
 
 def test_a_key_queued_in_one_stream_is_sent_before_a_later_record_of_it_in_another(tmp_path):
     """leads fills its chunk first, with a later record of an email contacts still holds queued: the
     contacts queue goes first, so CBX1 ends with the later record (found by the chaos soak)."""
-    shared = "ann@acme.example.com"
-    messages = [
-        {"type": "SCHEMA", "stream": stream, "schema": ENVELOPE_SCHEMA, "key_properties": []}
-        for stream in ("contacts", "leads")
-    ]
-    messages += [
-        {
-            "type": "RECORD",
-            "stream": stream,
-            "record": {"data": {"v": version}, "source": "MARKETO", "lookupKey": email},
-        }
-        for stream, email, version in (
-            ("contacts", shared, 1),
-            ("leads", "bob@acme.example.com", 2),
-            ("leads", shared, 3),
-        )
-    ]
+    messages = contacts_and_leads(
+        ("contacts", SHARED_EMAIL, 1), ("leads", "bob@acme.example.com", 2), ("leads", SHARED_EMAIL, 3)
+    )
     with Sandbox(access_key=ACCESS_KEY, org_id=ORG_ID) as sandbox:
         result = run_command(sandbox_config(sandbox, batch_size=2), tmp_path, lines_of(messages))
 
         assert result.returncode == 0, result.stderr
-        carrying = [
-            e for e in sorted(sandbox.exchanges, key=lambda e: e.received_at) if shared in e.lookup_keys
-        ]
+        exchanges = sorted(sandbox.exchanges, key=lambda exchange: exchange.received_at)
+        carrying = [exchange for exchange in exchanges if SHARED_EMAIL in exchange.lookup_keys]
         assert [len(exchange.lookup_keys) for exchange in carrying] == [1, 2]  # contacts' first, then leads'
-        assert sandbox.entities("CONTACT")[shared].data == {"v": 3}
+        assert sandbox.entities("CONTACT")[SHARED_EMAIL].data == {"v": 3}
         assert [entry["success"] for entry in result.entries("leads")] == [True, True]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,11 +142,21 @@ def test_two_requests_of_one_key_in_flight_are_caught_but_one_after_the_other_ar
 
 def test_more_requests_in_a_second_than_the_limit_are_caught():
     findings = Findings()
-    check.check_rate([Attempt(0, 1 + n / 10, 1 + n / 10, ()) for n in range(30)], 10, findings)
+    check.check_rate({0: [1 + n / 10 for n in range(30)]}, 10, findings)
     assert findings.violations == {}
-    assert findings.counts["peak requests in 1 s"] == 10
-    check.check_rate([Attempt(1, 1 + n / 20, 1 + n / 20, ()) for n in range(11)], 10, findings)
+    assert findings.counts["peak request starts in 1 s"] == 10
+    check.check_rate({1: [1 + n / 11 for n in range(11)]}, 10, findings)
     assert "max_requests_per_second" in findings.violations
+
+
+def test_the_probe_notes_each_request_start_of_the_target(tmp_path):
+    """bench/soak_probe, loaded as sitecustomize, records when the rate limiter lets a request start."""
+    starts = tmp_path / "starts"
+    code = "from target_cbx1.ratelimit import RateLimiter; r = RateLimiter(None); r.acquire(); r.acquire()"
+    env = {"PYTHONPATH": str(REPO / "bench" / "soak_probe"), "SOAK_STARTS_FILE": str(starts)}
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True, timeout=60)
+    first, second = (float(line) for line in starts.read_text().split())
+    assert first <= second
 
 
 def test_a_resume_sending_an_older_record_after_a_newer_one_was_confirmed_is_caught():
