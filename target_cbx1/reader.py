@@ -6,7 +6,10 @@ import collections
 import decimal
 import gzip
 import json
+import os
 import re
+import select
+import stat
 import sys
 import typing as t
 
@@ -37,6 +40,8 @@ BOM = "\ufeff"
 MAX_DEPTH = 200  # levels of nesting a line may hold; a deeper record fails, on every Python version
 REPLACEMENT = "\ufffd"
 _STREAM = re.compile(rb'"stream"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
+READ_BYTES = 1 << 16  # what one read of a pipe takes at most
+IDLE_SECONDS = 0.5  # while a pipe stays silent this long, the reader's `idle` runs
 
 
 class NumberedLineReader(SimpleSingerReader):
@@ -55,12 +60,13 @@ class NumberedLineReader(SimpleSingerReader):
         self.problem: str | None = None
         self.raw_line = b""
         self.repairs: collections.Counter[str] = collections.Counter()
+        self.idle: t.Callable[[], None] | None = None  # runs while a silent tap sends no line
 
     def process_lines(
         self, file_input: t.IO[str] | None, callbacks: dict[str, t.Callable[[dict], None]]
     ) -> t.Counter[str]:
         stats: t.Counter[str] = collections.Counter()
-        for number, line in enumerate(lines_of(file_input), start=1):
+        for number, line in enumerate(lines_of(file_input, self.idle), start=1):
             self.line_number = number
             self.before_line()
             if not line.strip():
@@ -179,15 +185,59 @@ def read_json(line: bytes, where: str) -> Reading:
     return Reading(value, problem, replaced or surrogates > 0)
 
 
-def lines_of(file_input: t.IO[str] | None) -> t.Iterator[bytes]:
-    """The input's lines as bytes: stdin and files are read as bytes, so bad UTF-8 can be repaired."""
+def lines_of(file_input: t.IO[str] | None, idle: t.Callable[[], None] | None = None) -> t.Iterator[bytes]:
+    """The input's lines as bytes: stdin and files are read as bytes, so bad UTF-8 can be repaired.
+
+    From a pipe (a tap writing to stdin), `idle` runs every IDLE_SECONDS while no line comes.
+    """
     source: t.Any = file_input if file_input is not None else sys.stdin
     buffer = getattr(source, "buffer", None)
     if buffer is not None:
-        yield from buffer
+        fd = _pipe_of(buffer) if idle is not None else None
+        if fd is not None and idle is not None:
+            yield from pipe_lines(fd, idle)
+        else:
+            yield from buffer
         return
     for line in source:
         yield line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
+
+
+def _pipe_of(stream: t.Any) -> int | None:
+    """The file descriptor of a pipe or socket that select() can wait on, else None (a file never
+    keeps the reader waiting; Windows cannot select on pipes)."""
+    if sys.platform == "win32":
+        return None
+    try:
+        fd = int(stream.fileno())
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None
+
+
+def pipe_lines(fd: int, idle: t.Callable[[], None], idle_seconds: float = IDLE_SECONDS) -> t.Iterator[bytes]:
+    """The lines of a pipe as they come, each with its newline; `idle()` runs while none comes."""
+    partial: list[bytes] = []  # the start of a line whose end has not come yet
+    while True:
+        readable, _, _ = select.select([fd], [], [], idle_seconds)
+        if not readable:
+            idle()
+            continue
+        chunk = os.read(fd, READ_BYTES)
+        if not chunk:
+            break
+        lines = chunk.split(b"\n")
+        last = lines.pop()
+        if partial and lines:
+            lines[0] = b"".join(partial) + lines[0]
+            partial = []
+        for line in lines:
+            yield line + b"\n"
+        if last:
+            partial.append(last)
+    if partial:
+        yield b"".join(partial)
 
 
 def shown(line: bytes) -> str:

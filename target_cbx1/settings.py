@@ -148,8 +148,8 @@ class Settings(BaseModel):
         5,
         gt=0,
         le=3600,
-        description="Longest a partly filled chunk waits for more records before it is sent (at the "
-        "next input line after that), so a slow tap's records, and in singer mode its STATE, still move.",
+        description="Longest a partly filled chunk waits for more records before it is sent, also while "
+        "the tap sends nothing, so a slow tap's records, and in singer mode its STATE, still move.",
     )
     max_request_bytes: int | None = setting(
         None,

@@ -140,6 +140,7 @@ class TargetCBX1(Target):
             self.checkpoint,
         )
         self.reader.before_line = self._before_line
+        self.reader.idle = self._while_the_tap_is_silent
         self._resume()
         if self.incremental is not None:
             self.incremental.start(self.ledger)
@@ -148,6 +149,11 @@ class TargetCBX1(Target):
         """Before each line: stop with the error that stopped a request, or for a signal or an outage."""
         self.run_context.requests.raise_error()
         self.session.raise_if_stopping()
+
+    def _while_the_tap_is_silent(self) -> None:
+        """While no line comes: stop as before a line would, and send the queues that waited long enough."""
+        self._before_line()
+        self._send_what_waited()
 
     def _records_left_unwritten(self) -> bool:
         """Whether a request failed after its retries, or a stream stopped: the tap must read them again."""
@@ -243,7 +249,7 @@ class TargetCBX1(Target):
 
     def _send_what_waited(self) -> None:
         """Send the queues whose records waited max_chunk_wait_seconds for their chunk to fill
-        (looked at twice a second at most, at input lines)."""
+        (looked at twice a second at most: at input lines, and while a tap's pipe is silent)."""
         now = time.monotonic()
         if now < self._next_wait_check:
             return

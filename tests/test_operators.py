@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
+import select
+import subprocess
 
 from target_cbx1.sandbox import Sandbox
 from tests.conftest import ACCESS_KEY, ORG_ID, lines_of, sandbox_config
-from tests.test_end_to_end import assert_matches_sandbox, run_command, start_command
+from tests.test_end_to_end import assert_matches_sandbox, run_command, start_command, wait_until
 from tests.test_summary import COLUMNS
 
 ACCOUNTS = {"type": "SCHEMA", "stream": "accounts", "schema": {"properties": {}}, "key_properties": []}
@@ -147,18 +148,39 @@ def test_a_tap_writing_state_every_five_records_still_gets_full_requests(sandbox
     assert positions == sorted(positions)
 
 
+def first_line_within(process: subprocess.Popen, seconds: float) -> str:
+    """The next stdout line of a running command; the command is killed if none comes in time."""
+    assert process.stdout is not None
+    readable, _, _ = select.select([process.stdout], [], [], seconds)
+    if not readable:
+        process.kill()
+        raise AssertionError(f"no line on stdout within {seconds} s")
+    return process.stdout.readline()
+
+
 def test_a_slow_tap_s_records_and_state_move_after_max_chunk_wait_seconds(sandbox, tmp_path):
     config = sandbox_config(sandbox, state_output="singer", max_chunk_wait_seconds=0.5)
     process = start_command(config, tmp_path, lines_of([ACCOUNTS, account(1), account(2), state(2)]))
     assert process.stdin is not None
     assert process.stdout is not None
-    time.sleep(1.2)
-    process.stdin.write(lines_of([state(2)]))  # the tap's next line, long after: the chunk has waited enough
-    process.stdin.flush()
 
-    line = process.stdout.readline()  # forwarded while the tap is still running
+    line = first_line_within(process, 10)  # forwarded while the tap is still running, and silent
 
     assert json.loads(line) == state(2)["value"]
     assert len(sandbox.exchanges) == 1
+    process.stdin.close()
+    assert process.wait(timeout=30) == 0
+
+
+def test_a_silent_tap_s_records_are_sent_after_max_chunk_wait_seconds_without_another_line(sandbox, tmp_path):
+    """HotGlue mode: the tap has sent two records and says nothing more for a while; they still go."""
+    config = sandbox_config(sandbox, max_chunk_wait_seconds=0.5)
+    process = start_command(config, tmp_path, lines_of([ACCOUNTS, account(1), account(2)]))
+    assert process.stdin is not None
+
+    wait_until(lambda: len(sandbox.records("accounts")) == 2, seconds=10)
+
+    assert len(sandbox.records("accounts")) == 2
+    assert process.poll() is None  # still reading: the input has not ended
     process.stdin.close()
     assert process.wait(timeout=30) == 0
