@@ -1,25 +1,33 @@
 """Loaded by the soak into each run of target-cbx1 (through PYTHONPATH), and only there: it notes when
 the rate limiter lets each request start, one monotonic time a line in $SOAK_STARTS_FILE, so that the
-soak checks max_requests_per_second from the target's side. It changes nothing the target does."""
+soak checks max_requests_per_second from the target's side. It changes nothing the target does.
+
+The times are the limiter's own: those it keeps in its window (`RateLimiter._started`), noted as it
+adds them under its lock, so a thread that waits for the GIL afterwards does not shift them.
+"""
 
 from __future__ import annotations
 
+import collections
 import os
-import threading
-import time
+import typing as t
 
 _PATH = os.environ.get("SOAK_STARTS_FILE")
 
 if _PATH:
     from target_cbx1.ratelimit import RateLimiter
 
-    _acquire = RateLimiter.acquire
     _out = open(_PATH, "a", buffering=1)  # noqa: SIM115  # a line a write: a SIGKILL loses none
-    _lock = threading.Lock()
 
-    def _noted_acquire(self: RateLimiter) -> None:
-        _acquire(self)
-        with _lock:
-            _out.write(f"{time.monotonic()}\n")
+    class _NotedWindow(collections.deque):  # type: ignore[type-arg]
+        def append(self, started: t.Any) -> None:
+            super().append(started)
+            _out.write(f"{started}\n")
 
-    RateLimiter.acquire = _noted_acquire  # type: ignore[method-assign]
+    _init = RateLimiter.__init__
+
+    def _noted_init(self: RateLimiter, *args: t.Any, **kwargs: t.Any) -> None:
+        _init(self, *args, **kwargs)
+        self._started = _NotedWindow(self._started)
+
+    RateLimiter.__init__ = _noted_init  # type: ignore[method-assign]
