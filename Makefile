@@ -29,7 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 # The chaos soak: the real target against the chaos sandbox, killed and resumed, checked against the
-# sandbox's store (a script that prints a table; about 14 minutes). A shorter one:
+# sandbox's store (a script that prints a table; about 20 minutes on 2 cores). A shorter one:
 # make soak SOAK_ARGS="--records 20000 --seeds 1".
 SOAK_ARGS ?=
 soak: $(STAMP)
