@@ -76,6 +76,8 @@ SLOW_SECONDS = 1.5
 # and the soak would take hours. The other kinds keep their defaults.
 CHAOS_RATES = {**DEFAULT_RATES, "429": 0.004, "429-bare": 0.002}
 RUN_LIMIT = 60  # runs of one seed before the soak calls the input never done
+RUN_SECONDS = 1800  # a run still going after this long hangs: it is killed and reported
+HUNG = -1000  # the exit status _run_target gives a run it killed for hanging
 
 
 def make_input(count: int, seed: int) -> tuple[list[str], list[InputRecord]]:
@@ -370,15 +372,17 @@ def _run_target(
         process = subprocess.Popen(
             [COMMAND, "--config", str(config)], stdin=stdin, stdout=stdout, stderr=stderr, env=env
         )
-        deadline = time.monotonic() + 1800
+        deadline = time.monotonic() + RUN_SECONDS
         while process.poll() is None and time.monotonic() < deadline:
             if kill_after is not None and len(sandbox.attempts) - first >= kill_after:
                 process.kill()
                 break
             time.sleep(0.005)
-        if process.poll() is None and kill_after is None:
-            process.kill()  # hung: reported as a kill the soak did not plan, below
-        code = process.wait()
+        hung = process.poll() is None and time.monotonic() >= deadline
+        if hung:
+            process.kill()
+        code = HUNG if hung else process.wait()
+        process.wait()
     starts = [float(line) for line in starts_path.read_text().split()] if starts_path.exists() else []
     return code, out_path.read_bytes(), err_path.read_bytes(), starts
 
@@ -389,7 +393,9 @@ def _check_output(
     """A run ends with 0, 1 (a stop with its reason), or our kill; no traceback; no secret anywhere."""
     if b"Traceback" in err:
         findings.violate("clean exits", f"run {run}: a traceback")
-    if code not in (0, 1, -9):
+    if code == HUNG:
+        findings.violate("clean exits", f"run {run}: still running after {RUN_SECONDS} s")
+    elif code not in (0, 1, -9):
         findings.violate("clean exits", f"run {run}: exit status {code}")
     if code == 1:
         findings.counts["stops (exit 1)"] += 1

@@ -252,8 +252,10 @@ class StateLedger:
         self._by_hash: dict[str, dict[int, Entry | bytes]] = {}
         self._seeded: dict[str, list[Entry]] = {}
         self._unclaimed: dict[str, dict[str, list[Entry]]] = {}
-        # lookup key -> successes of an earlier run that no record of this run has claimed yet
-        self._later_successes: dict[str, list[Entry]] = {}
+        self._superseded: dict[str, dict[str, Entry]] = {}  # stream -> failed hash -> later success
+        # lookup key -> successes of an earlier run that no record of this run has claimed yet (a dict
+        # as an ordered set) -> the stream of each
+        self._unclaimed_successes: dict[str, dict[Entry, str]] = {}
         self._prefix: dict[str, int] = {}
         self._prefix_counts: dict[str, collections.Counter[str]] = {}
         self._prefix_failures: dict[str, Tally] = {}  # the prefix's failures; its other counts above
@@ -262,8 +264,9 @@ class StateLedger:
     def seed(self, state: t.Mapping[str, t.Any]) -> int:
         """Take in the entries of an earlier run of the same job; returns how many were taken.
 
-        A record that failed then is superseded when that run wrote its lookup key (in any stream)
-        with a record this run's input has not reached yet, a later one: it is not sent again, so
+        A record that failed then is superseded when that run wrote its lookup key with a later
+        record: later in the same stream's entries, or, in another stream (contacts and leads write
+        the same CBX1 contacts), one this run's input has not reached yet. It is not sent again, so
         CBX1 never ends up holding older data than the state says.
         """
         count = 0
@@ -277,8 +280,9 @@ class StateLedger:
                     seeded.append(entry)
                     unclaimed.setdefault(entry.hash, []).append(entry)
                     if entry.outcome.success and entry.lookup_key is not None:
-                        self._later_successes.setdefault(entry.lookup_key, []).append(entry)
+                        self._unclaimed_successes.setdefault(entry.lookup_key, {})[entry] = stream
                     count += 1
+            self._superseded[stream] = superseded_failures(seeded)
         return count
 
     def open_stream(self, stream: str) -> None:
@@ -322,10 +326,12 @@ class StateLedger:
         entry = Entry(record_hash, external_id, original=first, decisions=decisions)
         if first is None:
             self._by_hash[stream].setdefault(hash(record_hash), entry)
+            newer = None
             if claimed is not None and claimed.outcome.success:
                 entry.take_outcome(claimed)
-            newer = self._later_success(claimed) if claimed is not None else None
-            if newer is not None and entry.success is None:
+            elif claimed is not None:
+                newer = self._superseded[stream].get(record_hash) or self._later_elsewhere(stream, claimed)
+            if newer is not None:
                 entry.lookup_key = newer.lookup_key
                 entry.refuse(
                     f"superseded: a later record with lookupKey {newer.lookup_key!r} (CRM id "
@@ -382,16 +388,20 @@ class StateLedger:
         entry = earlier.pop(0)
         entry.replaced = True
         if entry.outcome.success and entry.lookup_key is not None:
-            self._later_successes[entry.lookup_key].remove(entry)
+            successes = self._unclaimed_successes[entry.lookup_key]
+            del successes[entry]
+            if not successes:
+                del self._unclaimed_successes[entry.lookup_key]
         return entry
 
-    def _later_success(self, claimed: Entry) -> Entry | None:
-        """For a record that failed in an earlier run: a success of its key in that run that this run's
-        input has not reached yet (a later record), if any."""
-        if claimed.outcome.success is not False or claimed.lookup_key is None:
+    def _later_elsewhere(self, stream: str, failed: Entry) -> Entry | None:
+        """For a record that failed in an earlier run: that run's success of its key in another
+        stream that this run's input has not reached yet (so a later record), if any. This assumes
+        the job reads its input again from the start, as a rerun of a HotGlue job does."""
+        if failed.outcome.success is not False or failed.lookup_key is None:
             return None
-        later = self._later_successes.get(claimed.lookup_key)
-        return later[-1] if later else None
+        unclaimed = self._unclaimed_successes.get(failed.lookup_key, {})
+        return next((entry for entry, other in reversed(unclaimed.items()) if other != stream), None)
 
     def streams(self) -> list[str]:
         return list(self._entries)
@@ -494,3 +504,17 @@ class StateLedger:
         pieces.append(encode_text({stream: self.summary(stream) for stream in streams}))
         pieces.append("}\n")
         out.write("".join(pieces))
+
+
+def superseded_failures(entries: t.Sequence[Entry]) -> dict[str, Entry]:
+    """Failed entries (by hash) whose lookup key a later entry wrote: hash -> that later entry."""
+    newest_success: dict[str, int] = {}
+    for position, entry in enumerate(entries):
+        if entry.outcome.success and entry.lookup_key is not None:
+            newest_success[entry.lookup_key] = position
+    superseded = {}
+    for position, entry in enumerate(entries):
+        key = entry.lookup_key
+        if entry.outcome.success is False and key is not None and newest_success.get(key, -1) > position:
+            superseded[entry.hash] = entries[newest_success[key]]
+    return superseded

@@ -58,10 +58,11 @@ class RequestCounts:
 
 
 class ApiSession:
-    """Sends JSON bodies to CBX1 and returns the raw 2xx answer; every other answer raises.
+    """Sends JSON bodies to CBX1 and returns the answer once it is a CM000 envelope; every other
+    answer raises (a 2xx whose body is not the envelope is retried first).
 
     It holds the base URL, the headers, the session token, the retry policy, the shared rate limit
-    and the outage count; which endpoint a body goes to and what the answer means is not its business.
+    and the outage count; which endpoint a body goes to and what its `data` means is not its business.
     """
 
     def __init__(self, settings: Settings, on_new_token: TokenListener | None = None) -> None:

@@ -248,6 +248,14 @@ def test_a_failure_superseded_by_a_later_write_of_its_key_is_not_sent_again():
     assert [b["hash"] for b in state["bookmarks"]["contacts"]] == ["new", "old"]
 
 
+def test_a_failure_after_its_key_s_last_write_is_sent_again_when_that_write_is_not_read_again():
+    """In its own stream, "later" is the earlier run's order: a resumed tap (singer mode) or a changed
+    record may not bring the older success back, and it must not stop the newer record."""
+    ledger = resumed([bookmark("a", True, "ann@x.com", "1"), bookmark("b", False, "ann@x.com", "2")])
+
+    assert ledger.add("contacts", "b", "2").success is None  # to be sent again
+
+
 def test_a_failure_superseded_by_a_later_write_of_its_key_in_another_stream_is_not_sent_again():
     """contacts and leads write the same CBX1 contacts: a lead written after a contact failed wins."""
     ledger = StateLedger()
