@@ -47,14 +47,15 @@ FOREIGN_NAMES = ("BASE_URL", "JOB_ID", "JOB_ROOT", "OUTPUT_MAPPED_RECORD", "LOGL
 
 ADD_LOADER = ("add", "--plugin-type", "loader", "target-cbx1", "--custom")
 ADD_TAP = ("add", "--plugin-type", "extractor", "tap-accounts", "--custom")
-# The answers to `meltano add --plugin-type loader target-cbx1 --custom`, prompt by prompt. The
-# executable must be given: Meltano derives its default from pip_url's last path component, which
-# for a local directory is the directory's name, not `target-cbx1`.
+# The answers to `meltano add --plugin-type loader target-cbx1 --custom`, prompt by prompt, with the
+# default each prompt shows. The executable must be given: Meltano derives its default from pip_url's
+# last path component, which for a local directory is (part of) the directory's name, so that default
+# (None here) depends on where the checkout is.
 LOADER_ANSWERS = {
-    "(namespace) [target_cbx1]": "target_cbx1",
-    "(pip_url) [target-cbx1]": str(REPO),
-    f"(executable) [{REPO.name}]": "target-cbx1",
-    "(settings) [[]]": "api_url,access_key:password,org_id",
+    ("(namespace)", "target_cbx1"): "target_cbx1",
+    ("(pip_url)", "target-cbx1"): str(REPO),
+    ("(executable)", None): "target-cbx1",
+    ("(settings)", "[]"): "api_url,access_key:password,org_id",
 }
 
 # The fake tap: accounts from `data_path` sorted by updatedAt, only those after the bookmark, a STATE
@@ -226,8 +227,10 @@ def project(tmp_path_factory: pytest.TempPathFactory, cbx1: Sandbox) -> Project:
 def test_meltano_add_custom_asks_for_the_definition_and_installs_the_loader_from_the_repository(project):
     assert project.added_loader is not None
     asked = project.added_loader.stdout
-    for prompt in LOADER_ANSWERS:
-        assert f"{prompt}:" in asked, f"Meltano did not ask {prompt!r}:\n{output(project.added_loader)}"
+    for name, default in LOADER_ANSWERS:
+        shown = re.escape(default) if default is not None else r"[^\]]*"
+        prompt = re.escape(name) + r" \[" + shown + r"\]:"
+        assert re.search(prompt, asked), f"Meltano did not ask {name}:\n{output(project.added_loader)}"
     assert "(capabilities)" not in asked  # a loader is not asked for them
 
     loader = project.plugin("loaders", "target-cbx1")
